@@ -1,0 +1,60 @@
+"""Typed settings read from ``LAYERSCOPE_*`` environment variables.
+
+Imported by ``gunicorn_conf.py`` in the Gunicorn master, so it must never import
+TensorFlow (models are loaded only after fork, in the workers)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def cpu_count() -> int:
+    """Cores this process may use (respects CPU affinity / cgroup-pinned sets)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LAYERSCOPE_", extra="ignore", protected_namespaces=()
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model_repository: Path = Path("models")
+    # One worker per core (capped): each worker holds every model, so memory grows with it.
+    workers: int = Field(default_factory=lambda: min(cpu_count(), 8), ge=1)
+    # gthread threads per worker: TF releases the GIL, and a thread stays free for probes.
+    threads: int = Field(4, ge=1)
+    timeout: int = Field(60, ge=1)
+    graceful_timeout: int = Field(30, ge=1)
+    poll_interval: float = Field(5.0, ge=0)  # hot reload period in seconds, 0 = off
+    load_in_background: bool = True  # False: create_app returns only after the first load
+    max_batch_size: int = Field(256, ge=1)
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    max_activation_values: int = Field(2_000_000, ge=1)
+    max_image_pixels: int = Field(4096 * 4096, ge=1)
+    log_level: str = "info"
+    intra_op_threads: int = Field(0, ge=0)  # 0 = derived from cores / workers
+    inter_op_threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _derive_threads(self) -> Settings:
+        """Split the cores between workers so N workers do not oversubscribe the CPU."""
+        if not self.intra_op_threads:
+            self.intra_op_threads = max(1, cpu_count() // self.workers)
+        if not self.inter_op_threads:
+            self.inter_op_threads = 1 if self.workers > 1 else 2
+        return self
+
+
+def load_settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Environment first, then explicit overrides (tests pass a tmp repository)."""
+    return Settings(**(overrides or {}))
