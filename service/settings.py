@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_activation_values: int = Field(2_000_000, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     log_level: str = "info"
+    activation_sample_every: int = Field(20, ge=0)  # 1 model call in N feeds drift metrics
     intra_op_threads: int = Field(0, ge=0)  # 0 = derived from cores / workers
     inter_op_threads: int = Field(0, ge=0)
 

@@ -85,8 +85,16 @@ def build_model(config: ModelConfig | dict, *, input_shape: tuple[int, ...],
     return keras.Model(inputs, outputs, name=cfg.name.replace("-", "_"))
 
 
-def make_optimizer(training: dict) -> keras.optimizers.Optimizer:
+def make_optimizer(training: dict, steps_per_epoch: int | None = None):
+    """The configured optimizer; ``cosine`` decays the rate to 0 over all epochs, which
+    steadies the last epochs (needs ``steps_per_epoch``)."""
     lr, wd = training["learning_rate"], training["weight_decay"]
+    if training.get("lr_schedule", "constant") == "cosine":
+        if not steps_per_epoch:
+            raise ValueError("lr_schedule=cosine needs steps_per_epoch. "
+                             f"Received: steps_per_epoch={steps_per_epoch}")
+        lr = keras.optimizers.schedules.CosineDecay(
+            lr, decay_steps=max(1, training["epochs"] * steps_per_epoch))
     name = training["optimizer"]
     if name == "adam":
         return keras.optimizers.Adam(lr)
@@ -99,7 +107,8 @@ def make_optimizer(training: dict) -> keras.optimizers.Optimizer:
     raise ValueError(f"Unknown optimizer. Received: optimizer={name!r}")
 
 
-def compile_model(model: keras.Model, config: ModelConfig) -> keras.Model:
+def compile_model(model: keras.Model, config: ModelConfig,
+                  steps_per_epoch: int | None = None) -> keras.Model:
     """Loss and metrics whose logged names match config.monitor_choices()."""
     if config.is_binary:
         loss = "binary_crossentropy"
@@ -109,5 +118,6 @@ def compile_model(model: keras.Model, config: ModelConfig) -> keras.Model:
     else:
         loss = "sparse_categorical_crossentropy"
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=make_optimizer(config.training), loss=loss, metrics=metrics)
+    model.compile(optimizer=make_optimizer(config.training, steps_per_epoch), loss=loss,
+                  metrics=metrics)
     return model

@@ -28,6 +28,7 @@ OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 PADDINGS = ("same", "valid")
 THRESHOLD_OBJECTIVES = ("best_f1", "recall_at_precision", "precision_at_recall")
 ES_MODES = ("min", "max", "auto")
+LR_SCHEDULES = ("constant", "cosine")  # cosine: decay to 0 over the configured epochs
 
 # What each data set is, so that input kind, task and layer shapes are checked before loading.
 DATASET_INFO: dict[str, dict[str, Any]] = {
@@ -246,7 +247,7 @@ def _next_shape(path: str, spec: dict, shape: tuple[int, ...], input_kind: str):
                                           "a global pool before it")
     if kind == "conv2d":
         h, w = (_conv_out(s, k, st, spec["padding"])
-                for s, k, st in zip(shape[:2], spec["kernel"], spec["strides"]))
+                for s, k, st in zip(shape[:2], spec["kernel"], spec["strides"], strict=True))
         if h < 1 or w < 1:
             raise ConfigError(f"{path}.kernel", f"kernel {spec['kernel']} does not fit the "
                                                 f"{shape[0]}x{shape[1]} input of {where}")
@@ -254,7 +255,7 @@ def _next_shape(path: str, spec: dict, shape: tuple[int, ...], input_kind: str):
     if kind in ("max_pool", "avg_pool"):
         strides = spec["strides"] or spec["pool"]
         h, w = (_conv_out(s, k, st, spec["padding"])
-                for s, k, st in zip(shape[:2], spec["pool"], strides))
+                for s, k, st in zip(shape[:2], spec["pool"], strides, strict=True))
         if h < 1 or w < 1:
             raise ConfigError(f"{path}.pool", f"pool {spec['pool']} does not fit the "
                                               f"{shape[0]}x{shape[1]} input of {where}")
@@ -329,13 +330,16 @@ def monitor_choices(task: str) -> tuple[str, ...]:
 
 
 def _validate_training(raw: Any, task: str, official_test: bool) -> dict:
-    fields = ("optimizer", "learning_rate", "weight_decay", "epochs", "batch_size",
-              "early_stopping", "class_weight", "seed", "validation_fraction", "test_fraction")
+    fields = ("optimizer", "learning_rate", "lr_schedule", "weight_decay", "epochs",
+              "batch_size", "early_stopping", "class_weight", "seed", "validation_fraction",
+              "test_fraction")
     d = _mapping("training", raw or {}, fields)
     out: dict[str, Any] = {
         "optimizer": _choice("training.optimizer", d.get("optimizer", "adam"), OPTIMIZERS),
         "learning_rate": _float("training.learning_rate", d.get("learning_rate", 1e-3),
                                 lo=0.0, hi=10.0, lo_open=True),
+        "lr_schedule": _choice("training.lr_schedule", d.get("lr_schedule", "constant"),
+                               LR_SCHEDULES),
         "weight_decay": _float("training.weight_decay", d.get("weight_decay", 0.0), lo=0.0),
         "epochs": _int("training.epochs", d.get("epochs", 10), lo=1),
         "batch_size": _int("training.batch_size", d.get("batch_size", 128), lo=1),

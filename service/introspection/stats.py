@@ -83,15 +83,17 @@ def instance_stats(values: np.ndarray, activation: str | None, top_k: int = 5) -
     for i in range(n):
         row = flat[i]
         order = np.argsort(-activity[i], kind="stable")[:k]
-        out.append({
-            "mean": _f(row.mean()),
-            "std": _f(row.std()),
-            "min": _f(row.min()),
-            "max": _f(row.max()),
-            "inactive_fraction": _f(inactive[i]),
-            "l2_norm": _f(np.linalg.norm(row)),
-            "top_k": [{"unit": int(j), "value": _f(activity[i, j])} for j in order],
-        })
+        out.append(
+            {
+                "mean": _f(row.mean()),
+                "std": _f(row.std()),
+                "min": _f(row.min()),
+                "max": _f(row.max()),
+                "inactive_fraction": _f(inactive[i]),
+                "l2_norm": _f(np.linalg.norm(row)),
+                "top_k": [{"unit": int(j), "value": _f(activity[i, j])} for j in order],
+            }
+        )
     return out
 
 
@@ -133,7 +135,7 @@ def compute_reference_stats(
     """Reference statistics of ``layers``: one multi-output pass per batch of ``x``."""
     chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
     for start in range(0, len(x), batch_size):
-        got = activations(x[start:start + batch_size], list(layers))
+        got = activations(x[start : start + batch_size], list(layers))
         for name in layers:
             chunks[name].append(np.asarray(got[name]))
     return {

@@ -1,0 +1,1 @@
+"""Benchmarks: Layerscope against the naive server and the HTTP ceiling (`python -m bench`)."""

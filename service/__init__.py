@@ -1,0 +1,110 @@
+"""Layerscope service: Flask app factory.
+
+``create_app`` runs inside each Gunicorn worker (no ``--preload``), so TensorFlow and
+the models are only ever loaded after fork. Loading happens in a background thread so
+the worker answers /healthz and a 503 /readyz while models warm up."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from flask import Flask
+from flask.json.provider import JSONProvider
+
+from service import errors
+from service.repository import ModelRepository
+from service.settings import Settings, load_settings
+
+# Blueprints / hooks other parts of the project provide; each module exposes `bp` or
+# `init_app(app)` and is registered when present.
+OPTIONAL_MODULES = ("service.api.introspect", "service.metrics", "service.logs")
+
+
+@dataclass
+class Layerscope:
+    settings: Settings
+    repository: ModelRepository
+
+
+class OrjsonProvider(JSONProvider):
+    """orjson is several times faster than json for the float arrays we return."""
+
+    options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        return orjson.dumps(obj, option=self.options).decode()
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return orjson.loads(s)
+
+    def response(self, *args: Any, **kwargs: Any):
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(
+            orjson.dumps(obj, option=self.options), mimetype="application/json"
+        )
+
+
+def configure_tensorflow(settings: Settings) -> None:
+    """Thread pools sized per worker; must happen before TF runs its first op."""
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(settings.intra_op_threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", str(settings.inter_op_threads))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(settings.intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(settings.inter_op_threads)
+    except RuntimeError:  # already initialised (e.g. a second app in the same process)
+        pass
+
+
+def _configure_logging(settings: Settings) -> None:
+    level = settings.log_level.upper()
+    logger = logging.getLogger("layerscope")
+    logger.setLevel(level)
+    if not logging.getLogger().handlers and not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        logger.addHandler(handler)
+
+
+def create_app(config: dict[str, Any] | None = None) -> Flask:
+    settings = load_settings({k.lower(): v for k, v in (config or {}).items()})
+    _configure_logging(settings)
+    configure_tensorflow(settings)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json = OrjsonProvider(app)
+    errors.install(app)
+
+    repository = ModelRepository(settings.model_repository, settings.poll_interval)
+    app.extensions["layerscope"] = Layerscope(settings, repository)
+
+    from service.api import health, native, tfserving, v2
+
+    for module in (health, native, tfserving, v2):
+        app.register_blueprint(module.bp)
+    for name in OPTIONAL_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        module = importlib.import_module(name)
+        if hasattr(module, "init_app"):
+            module.init_app(app)
+        elif hasattr(module, "bp"):
+            app.register_blueprint(module.bp)
+
+    if settings.load_in_background:
+        repository.start()
+    else:
+        repository.load_now()
+        if settings.poll_interval > 0:
+            repository.start(initial=False)
+    return app

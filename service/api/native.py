@@ -1,0 +1,86 @@
+"""Layerscope's own JSON API: model listing, metadata and predictions with labels,
+class probabilities and, for binary models, the decision at the stored threshold."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from service import inputs
+from service.api import compute, format_prediction, repository, resolve, settings
+from service.repository import READY
+
+bp = Blueprint("native", __name__)
+
+
+def _model_summary(name: str) -> dict:
+    repo = repository()
+    versions = repo.versions(name)
+    return {
+        "name": name,
+        "default_version": repo.default_version(name),
+        "ready": repo.model_ready(name),
+        "versions": [versions[v].describe() for v in sorted(versions)],
+    }
+
+
+@bp.get("/models")
+def list_models():
+    repo = repository()
+    return jsonify({"models": [_model_summary(name) for name in sorted(repo.models())]})
+
+
+@bp.get("/models/<name>")
+def model_metadata(name: str):
+    summary = _model_summary(name)
+    version = summary["default_version"]
+    if version is not None:
+        summary["metadata"] = repository().get(name, version).describe()
+    else:
+        summary["metadata"] = None
+    return jsonify(summary)
+
+
+@bp.get("/models/<name>/versions/<int:version>")
+def version_metadata(name: str, version: int):
+    state = repository().state(name, version)
+    body = {"name": name, **state.describe()}
+    body["metadata"] = state.runtime.describe() if state.status == READY else None
+    return jsonify(body)
+
+
+def decode_request(runtime):
+    """JSON {"instances": [...]} or, for image models, multipart files named 'image'."""
+    cfg = settings()
+    if inputs.is_multipart(request):
+        inputs.check_size(request, cfg.max_body_bytes)
+        return inputs.read_multipart_images(
+            request, runtime, cfg.max_batch_size, cfg.max_image_pixels
+        )
+    body = inputs.read_json(
+        request, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image"
+    )
+    instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
+    return inputs.decode_for_model(instances, runtime, cfg.max_image_pixels)
+
+
+def _predict(name: str, version: int | None):
+    runtime = resolve(name, version)
+    x = decode_request(runtime)
+    result = compute(runtime, x, endpoint="predict")
+    return jsonify(
+        {
+            "model": runtime.name,
+            "version": runtime.version,
+            "predictions": [format_prediction(runtime, row) for row in result.probabilities],
+        }
+    )
+
+
+@bp.post("/models/<name>/predict")
+def predict(name: str):
+    return _predict(name, None)
+
+
+@bp.post("/models/<name>/versions/<int:version>/predict")
+def predict_version(name: str, version: int):
+    return _predict(name, version)

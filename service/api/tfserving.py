@@ -1,0 +1,145 @@
+"""TensorFlow Serving REST API (``/v1/models/...``), as TF Serving documents it:
+model status, signature metadata, and ``:predict`` in row (``instances`` ->
+``predictions``) and columnar (``inputs`` -> ``outputs``) formats. Outputs are the
+model's own final layer (binary models: the sigmoid P(positive), shape (n, 1)), exactly
+what TF Serving would answer for the same model.
+
+Extension: ``"output_layers": ["dense_1", ...]`` in a ``:predict`` body also returns
+those layers' activations, computed in the same forward pass. The response then uses
+TF Serving's multi-output form: row format ``{"predictions": [{"output": [...],
+"dense_1": [...]}, ...]}``, columnar ``{"outputs": {"output": [...], "dense_1": [...]}}``.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify, request
+
+from service import inputs
+from service.api import compute, repository, resolve, settings
+from service.errors import InvalidInput
+from service.repository import FAILED, LOADING, READY
+
+bp = Blueprint("tfserving", __name__, url_prefix="/v1")
+
+STATES = {LOADING: "LOADING", READY: "AVAILABLE", FAILED: "END"}
+SIGNATURE = "serving_default"
+
+
+def _status(state) -> dict:
+    if state.status == FAILED:
+        code = "DATA_LOSS" if "checksum" in (state.reason or "") else "UNKNOWN"
+        status = {"error_code": code, "error_message": state.reason or ""}
+    else:
+        status = {"error_code": "OK", "error_message": ""}
+    return {"version": str(state.version), "state": STATES[state.status], "status": status}
+
+
+@bp.get("/models/<name>")
+def model_status(name: str):
+    versions = repository().versions(name)
+    return jsonify(
+        {"model_version_status": [_status(versions[v]) for v in sorted(versions, reverse=True)]}
+    )
+
+
+@bp.get("/models/<name>/versions/<int:version>")
+def version_status(name: str, version: int):
+    return jsonify({"model_version_status": [_status(repository().state(name, version))]})
+
+
+def _tensor_info(name: str, shape) -> dict:
+    return {
+        "dtype": "DT_FLOAT",
+        "tensor_shape": {
+            "dim": [{"size": str(-1 if d is None else d), "name": ""} for d in shape],
+            "unknown_rank": False,
+        },
+        "name": f"{SIGNATURE}_{name}:0",
+    }
+
+
+def _metadata(name: str, version: int | None):
+    runtime = resolve(name, version)
+    outputs = {runtime.output_layer_name: runtime.layer_shapes[runtime.output_layer_name]}
+    signature = {
+        "inputs": {"input": _tensor_info("input", [None, *runtime.input_shape])},
+        "outputs": {k: _tensor_info(k, v) for k, v in outputs.items()},
+        "method_name": "tensorflow/serving/predict",
+    }
+    spec = {"name": runtime.name, "signature_name": "", "version": str(runtime.version)}
+    return jsonify(
+        {
+            "model_spec": spec,
+            "metadata": {"signature_def": {"signature_def": {SIGNATURE: signature}}},
+        }
+    )
+
+
+@bp.get("/models/<name>/metadata")
+def metadata(name: str):
+    return _metadata(name, None)
+
+
+@bp.get("/models/<name>/versions/<int:version>/metadata")
+def version_metadata(name: str, version: int):
+    return _metadata(name, version)
+
+
+def _unwrap_named(value, input_name: str = "input"):
+    """TF Serving allows naming the single input: {"input": value}."""
+    if isinstance(value, dict) and set(value) == {input_name}:
+        return value[input_name]
+    return value
+
+
+def _predict(name: str, version: int | None):
+    runtime = resolve(name, version)
+    cfg = settings()
+    body = inputs.read_json(request, cfg.max_body_bytes)
+    signature = body.get("signature_name", SIGNATURE)
+    if signature not in (SIGNATURE, ""):
+        raise InvalidInput(f"signature_name {signature!r} not found; the only one is {SIGNATURE!r}")
+    if ("instances" in body) == ("inputs" in body):
+        raise InvalidInput(
+            "expected exactly one of 'instances' (row format) or 'inputs' (columnar format); "
+            f"got keys {sorted(body)}"
+        )
+    layers = body.get("output_layers") or []
+    if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
+        raise InvalidInput(f"output_layers must be a list of layer names; got {layers!r}")
+    if "instances" in body:
+        instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
+        instances = [_unwrap_named(i) for i in instances]
+        where = "instances"
+    else:
+        instances = _unwrap_named(body["inputs"])
+        if not isinstance(instances, list):
+            raise InvalidInput(
+                "columnar 'inputs' must be a batch array or {'input': [...]}; got "
+                f"{type(instances).__name__}"
+            )
+        inputs.check_batch(len(instances), cfg.max_batch_size)
+        where = "inputs"
+    x = inputs.decode_for_model(instances, runtime, cfg.max_image_pixels, where=where)
+    extra = [n for n in layers if n != runtime.output_layer_name]
+    result = compute(runtime, x, extra, endpoint="tfserving_predict")
+    out = runtime.output_layer_name
+    if not extra:
+        if "instances" in body:
+            return jsonify({"predictions": result.raw.tolist()})
+        return jsonify({"outputs": result.raw.tolist()})
+    tensors = {out: result.raw, **result.layers}
+    if "instances" in body:
+        rows = [{k: v[i].tolist() for k, v in tensors.items()} for i in range(result.raw.shape[0])]
+        return jsonify({"predictions": rows})
+    return jsonify({"outputs": {k: v.tolist() for k, v in tensors.items()}})
+
+
+@bp.post("/models/<name>:predict")
+def predict(name: str):
+    return _predict(name, None)
+
+
+@bp.post("/models/<name>/versions/<int:version>:predict")
+def predict_version(name: str, version: int):
+    return _predict(name, version)

@@ -1,0 +1,49 @@
+"""Gunicorn configuration: ``gunicorn -c service/gunicorn_conf.py service.wsgi:app``.
+
+Runs in the master, which never imports TensorFlow: no ``preload_app``, so every worker
+imports the app (and TF, and the models) after fork — TF's thread pools and locks do not
+survive ``fork``. Workers are ``gthread``: TF releases the GIL during inference, so a few
+threads per worker overlap requests and keep a thread free for health probes and the
+heartbeat while a long request runs."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from service.logs import gunicorn_logconfig  # noqa: E402  (no TensorFlow import)
+from service.settings import Settings  # noqa: E402  (no TensorFlow import)
+
+_settings = Settings()
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+worker_class = "gthread"
+threads = _settings.threads
+preload_app = False
+timeout = _settings.timeout  # a worker silent for this long is killed and replaced
+graceful_timeout = _settings.graceful_timeout
+keepalive = 5
+loglevel = _settings.log_level
+accesslog = None  # service/logs.py writes one JSON access line per request, with its id
+errorlog = "-"
+logconfig_dict = gunicorn_logconfig(_settings.log_level)  # Gunicorn's own lines as JSON too
+limit_request_line = 8190
+# TensorFlow reads these when it is first imported, in the worker.
+raw_env = [
+    f"TF_NUM_INTRAOP_THREADS={_settings.intra_op_threads}",
+    f"TF_NUM_INTEROP_THREADS={_settings.inter_op_threads}",
+    "TF_CPP_MIN_LOG_LEVEL=2",
+]
+for _entry in raw_env:
+    _key, _value = _entry.split("=", 1)
+    os.environ.setdefault(_key, _value)
+
+
+def child_exit(server, worker):
+    """Prometheus multiprocess mode: drop a dead worker's live gauges (its counters stay)."""
+    from service.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)

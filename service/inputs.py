@@ -1,0 +1,470 @@
+"""Request decoding: JSON bodies, tabular and image instances, base64 and multipart
+images, and Open Inference Protocol tensors, all into one float32 batch shaped
+``(n, *metadata.input.shape)``.
+
+Every rejection is an ``InvalidInput`` (400), ``PayloadTooLarge`` (413) or
+``UnsupportedMediaType`` (415) whose message says what was received and what was
+expected, so a client can fix its request without reading the server's code."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Request
+
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+
+JSON_TYPES = ("application/json",)
+IMAGE_FORMATS = {"PNG", "JPEG"}
+
+V2_DATATYPES = {
+    "FP16": np.float16,
+    "FP32": np.float32,
+    "FP64": np.float64,
+    "INT8": np.int8,
+    "INT16": np.int16,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "UINT8": np.uint8,
+    "UINT16": np.uint16,
+    "UINT32": np.uint32,
+    "UINT64": np.uint64,
+}
+
+
+# -- bodies ------------------------------------------------------------------------------
+def _preview(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: Any) -> str:
+    return {
+        str: "a string",
+        bool: "a boolean",
+        dict: "an object",
+        list: "an array",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+def is_json(request: Request) -> bool:
+    mimetype = request.mimetype or ""
+    return mimetype in JSON_TYPES or mimetype.endswith("+json")
+
+
+def is_multipart(request: Request) -> bool:
+    return (request.mimetype or "") == "multipart/form-data"
+
+
+def check_size(request: Request, max_bytes: int) -> None:
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise PayloadTooLarge(
+            f"request body is {length} bytes; the limit is {max_bytes} bytes "
+            "(LAYERSCOPE_MAX_BODY_BYTES): send fewer instances per request"
+        )
+
+
+def read_json(request: Request, max_bytes: int, allow_multipart: bool = False) -> dict:
+    """The body as a JSON object. A missing Content-Type is accepted (curl -d with -H
+    forgotten is common); any other non-JSON type is a 415."""
+    check_size(request, max_bytes)
+    mimetype = request.mimetype or ""
+    if mimetype and not is_json(request):
+        expected = "application/json"
+        if allow_multipart:
+            expected += " (or multipart/form-data with an 'image' file)"
+        raise UnsupportedMediaType(
+            f"Content-Type {mimetype!r} is not supported; expected {expected}"
+        )
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise InvalidInput("request body is empty; expected a JSON object")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as first:
+        # Python's json accepts NaN / Infinity (what json.dumps emits): parse them so the
+        # client is told "NaN is not allowed" rather than "malformed JSON".
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise InvalidInput(f"malformed JSON: {first}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput(f"expected a JSON object at the top level; got {_type_name(body)}")
+    return body
+
+
+def get_instances(body: dict, key: str = "instances", max_batch: int = 256) -> list:
+    if key not in body:
+        raise InvalidInput(
+            f"missing {key!r}: expected {{{key!r}: [instance, ...]}}; got keys {sorted(body)}"
+        )
+    instances = body[key]
+    if not isinstance(instances, list):
+        raise InvalidInput(f"{key!r} must be an array of instances; got {_type_name(instances)}")
+    check_batch(len(instances), max_batch)
+    return instances
+
+
+def check_batch(n: int, max_batch: int) -> None:
+    if n == 0:
+        raise InvalidInput("the batch is empty; expected at least one instance")
+    if n > max_batch:
+        raise InvalidInput(
+            f"batch of {n} instances exceeds the maximum of {max_batch} "
+            "(LAYERSCOPE_MAX_BATCH_SIZE); split the request"
+        )
+
+
+# -- numbers -----------------------------------------------------------------------------
+def _first_bad(value: Any, path: str) -> tuple[str, Any] | None:
+    """Locate the first element that is not a finite number, for the error message."""
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_bad(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return path, value
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    return None
+
+
+def _numeric_error(value: Any, where: str, shape_text: str) -> InvalidInput:
+    bad = _first_bad(value, where)
+    if bad is not None:
+        path, item = bad
+        if isinstance(item, float):
+            return InvalidInput(f"{path} is {item}; NaN and Infinity are not allowed")
+        if isinstance(item, int) and not isinstance(item, bool):
+            return InvalidInput(f"{path} is {item}, out of the float32 range")
+        return InvalidInput(f"{path} is {_preview(item)} ({_type_name(item)}); expected a number")
+    return InvalidInput(f"{where} is not {shape_text}; got {describe_shape(value)}")
+
+
+def describe_shape(value: Any) -> str:
+    """A readable shape of nested JSON arrays, e.g. 'an array of shape [28, 27]'."""
+    if not isinstance(value, list):
+        return _type_name(value)
+    dims, cur = [], value
+    while isinstance(cur, list):
+        dims.append(len(cur))
+        if not cur:
+            break
+        lengths = {len(c) if isinstance(c, list) else -1 for c in cur}
+        if len(lengths) > 1:
+            return f"a ragged array (rows of lengths {sorted(lengths)}) after shape {dims}"
+        cur = cur[0]
+    return f"an array of shape {dims}"
+
+
+def to_float32(value: Any, where: str, shape_text: str) -> np.ndarray:
+    """Nested JSON numbers -> float32 array; strings, booleans, null, NaN/Inf and values
+    beyond float32 are rejected with the path of the first offending element."""
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError):
+        raise _numeric_error(value, where, shape_text) from None
+    if arr.dtype.kind not in "iuf":
+        raise _numeric_error(value, where, shape_text)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        idx = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
+        original = arr[idx]
+        path = where + "".join(f"[{i}]" for i in idx)
+        if isinstance(original, np.floating) and not np.isfinite(original):
+            raise InvalidInput(f"{path} is {float(original)}; NaN and Infinity are not allowed")
+        raise InvalidInput(f"{path} is {original.item()!r}, out of the float32 range")
+    return out
+
+
+# -- tabular -------------------------------------------------------------------------------
+def decode_tabular(instances: Sequence[Any], features: Sequence[str], where: str) -> np.ndarray:
+    n_features = len(features)
+    if all(isinstance(i, list) for i in instances):
+        try:
+            arr = np.asarray(instances)
+            fast = arr.dtype.kind in "iuf" and arr.shape == (len(instances), n_features)
+        except (ValueError, OverflowError):
+            fast = False
+        if fast:
+            return to_float32(arr, where, "")
+    rows = [
+        decode_tabular_instance(inst, features, f"{where}[{i}]") for i, inst in enumerate(instances)
+    ]
+    return np.stack(rows)
+
+
+def decode_tabular_instance(instance: Any, features: Sequence[str], where: str) -> np.ndarray:
+    n = len(features)
+    if isinstance(instance, dict):
+        unknown = [k for k in instance if k not in features]
+        missing = [f for f in features if f not in instance]
+        if unknown or missing:
+            parts = []
+            if unknown:
+                parts.append(f"unknown features {unknown}")
+            if missing:
+                parts.append(f"missing features {missing}")
+            raise InvalidInput(
+                f"{where}: {'; '.join(parts)}; expected exactly the {n} features {list(features)}"
+            )
+        values = [instance[f] for f in features]
+        for f, v in zip(features, values, strict=True):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise InvalidInput(
+                    f"{where}: feature {f!r} is {_preview(v)} ({_type_name(v)}); expected a number"
+                )
+        return to_float32(values, where, f"{n} numbers")
+    if isinstance(instance, list):
+        if len(instance) != n or any(isinstance(v, list) for v in instance):
+            raise InvalidInput(
+                f"{where} is {describe_shape(instance)}; expected an array of {n} numbers "
+                f"in the order {list(features)} or an object keyed by feature name"
+            )
+        return to_float32(instance, where, f"{n} numbers")
+    raise InvalidInput(
+        f"{where} is {_type_name(instance)}; expected an object of the {n} named features "
+        f"or an array of {n} numbers in feature order"
+    )
+
+
+# -- images --------------------------------------------------------------------------------
+def _image_layout(shape: Sequence[int]) -> tuple[int, int, int]:
+    height, width = int(shape[0]), int(shape[1])
+    channels = int(shape[2]) if len(shape) > 2 else 1
+    return height, width, channels
+
+
+def decode_image_bytes(
+    data: bytes, shape: Sequence[int], where: str, max_pixels: int
+) -> np.ndarray:
+    """PNG/JPEG bytes -> raw 0..255 pixels shaped like the model input. No resizing: a
+    silently resized picture would give a confident, meaningless prediction."""
+    from PIL import Image, UnidentifiedImageError
+
+    height, width, channels = _image_layout(shape)
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            fmt = img.format
+            if fmt not in IMAGE_FORMATS:
+                raise InvalidInput(f"{where} is a {fmt} image; expected PNG or JPEG")
+            w, h = img.size
+            if w * h > max_pixels or (w, h) != (width, height):
+                raise InvalidInput(
+                    f"{where} is a {w}x{h} image; expected exactly {width}x{height} pixels "
+                    "(width x height), no resizing is done"
+                )
+            img = img.convert("L" if channels == 1 else "RGB")
+            pixels = np.asarray(img, dtype=np.float32)
+    except InvalidInput:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        raise InvalidInput(
+            f"{where} could not be decoded as an image ({len(data)} bytes); expected a PNG "
+            "or JPEG file"
+        ) from None
+    return pixels.reshape(tuple(int(d) for d in shape))
+
+
+def decode_b64_image(value: Any, shape: Sequence[int], where: str, max_pixels: int) -> np.ndarray:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{where}.b64 is {_type_name(value)}; expected a base64 string")
+    text = value.split(",", 1)[1] if value.startswith("data:") and "," in value else value
+    data = b""
+    for altchars in (None, b"-_"):  # standard, then URL-safe alphabet
+        try:
+            data = base64.b64decode(text, altchars=altchars, validate=True)
+            break
+        except (binascii.Error, ValueError):
+            continue
+    if not data:
+        raise InvalidInput(
+            f"{where}.b64 is not valid base64 ({len(value)} characters); expected "
+            "standard base64 of a PNG or JPEG file"
+        )
+    return decode_image_bytes(data, shape, f"{where}.b64", max_pixels)
+
+
+def decode_images(
+    instances: Sequence[Any], shape: Sequence[int], where: str, max_pixels: int, value_range=None
+) -> np.ndarray:
+    """Nested raw pixels (HxW or HxWxC) or {"b64": ...} per instance."""
+    shape = tuple(int(d) for d in shape)
+    height, width, channels = _image_layout(shape)
+    if all(isinstance(i, list) for i in instances):
+        try:
+            arr = np.asarray(instances)
+            if arr.dtype.kind in "iuf" and (
+                arr.shape[1:] == shape or (channels == 1 and arr.shape[1:] == (height, width))
+            ):
+                batch = to_float32(arr, where, "").reshape((len(instances), *shape))
+                return _check_range(batch, where, value_range)
+        except (ValueError, OverflowError):
+            pass
+    rows = []
+    for i, inst in enumerate(instances):
+        w = f"{where}[{i}]"
+        if isinstance(inst, dict):
+            if set(inst) != {"b64"}:
+                raise InvalidInput(
+                    f"{w} is an object with keys {sorted(inst)}; expected {{'b64': '<base64 "
+                    "PNG or JPEG>'}"
+                )
+            rows.append(decode_b64_image(inst["b64"], shape, w, max_pixels))
+            continue
+        accepted = [height, width] if channels == 1 else []
+        expected = f"{list(shape)}" + (f" or {accepted}" if accepted else "")
+        if not isinstance(inst, list):
+            raise InvalidInput(
+                f"{w} is {_type_name(inst)}; expected raw pixels as a nested array of shape "
+                f"{expected} or {{'b64': '<base64 PNG or JPEG>'}}"
+            )
+        arr = to_float32(inst, w, f"an array of shape {expected}")
+        if arr.shape == (height, width) and channels == 1:
+            arr = arr.reshape(shape)
+        if arr.shape != shape:
+            raise InvalidInput(
+                f"{w} has shape {list(arr.shape)}; expected raw pixels of shape {expected}"
+            )
+        rows.append(_check_range(arr, w, value_range))
+    return np.stack(rows)
+
+
+def _check_range(arr: np.ndarray, where: str, value_range) -> np.ndarray:
+    if value_range is None:
+        return arr
+    lo, hi = float(value_range[0]), float(value_range[1])
+    low, high = float(arr.min()), float(arr.max())
+    if low < lo or high > hi:
+        raise InvalidInput(
+            f"{where} has pixel values in [{low:g}, {high:g}]; expected raw pixels in "
+            f"[{lo:g}, {hi:g}]"
+        )
+    return arr
+
+
+# -- model-aware entry points ---------------------------------------------------------------
+def decode_for_model(instances: Sequence[Any], runtime, max_pixels: int, where="instances"):
+    """A JSON instance list -> the float32 batch ``runtime`` takes."""
+    spec = runtime.metadata["input"]
+    if spec.get("kind") == "image":
+        return decode_images(instances, spec["shape"], where, max_pixels, spec.get("value_range"))
+    features = spec.get("features") or [f"x{i}" for i in range(int(spec["shape"][0]))]
+    return decode_tabular(instances, features, where)
+
+
+def read_multipart_images(request: Request, runtime, max_batch: int, max_pixels: int):
+    """``curl -F image=@shoe.png``: one or several files in the ``image`` field."""
+    spec = runtime.metadata["input"]
+    if spec.get("kind") != "image":
+        raise UnsupportedMediaType(
+            f"multipart/form-data is only accepted by image models; model {runtime.name!r} "
+            "takes tabular input: send application/json {'instances': [...]}"
+        )
+    files = request.files.getlist("image")
+    if not files:
+        raise InvalidInput(
+            f"multipart body has no file field 'image' (got fields "
+            f"{sorted(set(request.files) | set(request.form))}); expected -F image=@file.png"
+        )
+    check_batch(len(files), max_batch)
+    rows = [
+        decode_image_bytes(f.read(), spec["shape"], f"image[{i}] ({f.filename!r})", max_pixels)
+        for i, f in enumerate(files)
+    ]
+    return np.stack(rows)
+
+
+def decode_v2_tensor(tensor: Any, runtime, max_batch: int, max_pixels: int) -> np.ndarray:
+    """One Open Inference Protocol input tensor -> the model's float32 batch. The first
+    dimension of ``shape`` is the batch; ``data`` may be flat or nested (row-major)."""
+    spec = runtime.metadata["input"]
+    shape_spec = tuple(int(d) for d in spec["shape"])
+    if not isinstance(tensor, dict):
+        raise InvalidInput(f"inputs[0] is {_type_name(tensor)}; expected a tensor object")
+    missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
+    if missing:
+        raise InvalidInput(f"inputs[0] lacks {missing}; expected name, shape, datatype and data")
+    shape, datatype, data = tensor["shape"], tensor["datatype"], tensor["data"]
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidInput(
+            f"inputs[0].shape is {_preview(shape)}; expected a list of non-negative integers "
+            f"like [n, {', '.join(map(str, shape_spec))}]"
+        )
+    batch = shape[0]
+    check_batch(batch, max_batch)
+    if not isinstance(datatype, str):
+        raise InvalidInput(f"inputs[0].datatype is {_preview(datatype)}; expected e.g. 'FP32'")
+    if not isinstance(data, list):
+        raise InvalidInput(f"inputs[0].data is {_type_name(data)}; expected an array")
+    if datatype == "BYTES":
+        if spec.get("kind") != "image":
+            raise InvalidInput(
+                "inputs[0].datatype BYTES is only accepted for image models (base64 PNG or "
+                f"JPEG); model {runtime.name!r} expects FP32 numbers"
+            )
+        flat = list(_flatten(data))
+        if len(flat) != batch:
+            raise InvalidInput(
+                f"inputs[0] has {len(flat)} BYTES elements for shape {shape}; expected one "
+                "base64 image per batch row"
+            )
+        return np.stack(
+            [
+                decode_b64_image(v, shape_spec, f"inputs[0].data[{i}]", max_pixels)
+                for i, v in enumerate(flat)
+            ]
+        )
+    dtype = V2_DATATYPES.get(datatype)
+    if dtype is None:
+        raise InvalidInput(
+            f"inputs[0].datatype {datatype!r} is not supported; expected one of "
+            f"{', '.join(V2_DATATYPES)} (or BYTES with base64 images)"
+        )
+    accepted = [shape_spec]
+    if spec.get("kind") == "image" and len(shape_spec) == 3 and shape_spec[2] == 1:
+        accepted.append(shape_spec[:2])
+    if tuple(shape[1:]) not in accepted:
+        expected = " or ".join(f"[n, {', '.join(map(str, a))}]" for a in accepted)
+        raise InvalidInput(f"inputs[0].shape is {shape}; expected {expected}")
+    arr = to_float32(data, "inputs[0].data", "numbers")
+    count = int(np.prod(shape))
+    if arr.size != count:
+        raise InvalidInput(f"inputs[0].data has {arr.size} elements; shape {shape} needs {count}")
+    if np.issubdtype(dtype, np.integer):
+        raw = np.asarray(arr, dtype=np.float64)
+        info = np.iinfo(dtype)
+        if (raw != np.round(raw)).any() or raw.min() < info.min or raw.max() > info.max:
+            raise InvalidInput(
+                f"inputs[0].data does not fit datatype {datatype} (integers in "
+                f"[{info.min}, {info.max}]); got values in [{raw.min():g}, {raw.max():g}]"
+            )
+    batch_arr = arr.reshape((batch, *shape_spec))
+    if spec.get("kind") == "image":
+        batch_arr = _check_range(batch_arr, "inputs[0].data", spec.get("value_range"))
+    return batch_arr
+
+
+def _flatten(value):
+    if isinstance(value, list):
+        for item in value:
+            yield from _flatten(item)
+    else:
+        yield value

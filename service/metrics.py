@@ -1,0 +1,479 @@
+"""Every Prometheus metric of Layerscope, correct under Gunicorn's multiple workers.
+
+prometheus-client's multiprocess mode: the entrypoint sets ``PROMETHEUS_MULTIPROC_DIR``
+and empties it before Gunicorn starts, ``gunicorn_conf.child_exit`` calls
+:func:`mark_process_dead`, and ``GET /metrics`` aggregates every worker's files with a
+fresh registry per scrape. Without the variable (tests, ``flask run``) the process-local
+default registry is served. Every gauge names its ``multiprocess_mode``.
+
+Labels stay bounded: ``endpoint`` is the Flask URL rule, ``model`` is a model the
+repository knows (else ``"unknown"``), ``version`` a loaded version (else ``""``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+
+import numpy as np
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    generate_latest,
+    multiprocess,
+)
+
+log = logging.getLogger("layerscope.metrics")
+
+UNKNOWN_MODEL = "unknown"
+UNMATCHED_ENDPOINT = "unmatched"
+METRICS_PATH = "/metrics"
+
+# 0.1 ms .. 5 s, about three buckets per decade.
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+SCORE_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+LOAD_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+# -- requests ----------------------------------------------------------------------------
+REQUESTS = Counter(
+    "layerscope_requests",
+    "HTTP requests answered, by model, version served, URL rule, method and status code.",
+    ["model", "version", "endpoint", "method", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "layerscope_request_duration_seconds",
+    "Time from request start to response, by model, URL rule and method.",
+    ["model", "endpoint", "method"],
+    buckets=LATENCY_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "layerscope_requests_in_flight",
+    "Requests being handled right now, summed over live workers.",
+    multiprocess_mode="livesum",
+)
+
+# -- model compute ---------------------------------------------------------------------
+COMPUTE_DURATION = Histogram(
+    "layerscope_model_compute_duration_seconds",
+    "Time spent in the compiled model functions, by model, version and operation.",
+    ["model", "version", "operation"],
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "layerscope_batch_size",
+    "Rows per model call, by model and operation.",
+    ["model", "operation"],
+    buckets=BATCH_BUCKETS,
+)
+PREDICTIONS = Counter(
+    "layerscope_predictions",
+    "Predicted instances by class (binary models: the decision at the stored threshold).",
+    ["model", "version", "class"],
+)
+FRAUD_DECISIONS = Counter(
+    "layerscope_fraud_decisions",
+    "Binary-model decisions at the stored threshold (decision = positive or negative).",
+    ["model", "decision"],
+)
+FRAUD_SCORE = Histogram(
+    "layerscope_fraud_score",
+    "Positive-class probability of binary models (the fraud score).",
+    ["model"],
+    buckets=SCORE_BUCKETS,
+)
+
+# -- model lifecycle -------------------------------------------------------------------
+MODEL_READY = Gauge(
+    "layerscope_model_ready",
+    "1 when the version is loaded and warm in every live worker, else 0.",
+    ["model", "version"],
+    multiprocess_mode="livemin",
+)
+MODEL_INFO = Gauge(
+    "layerscope_model_info",
+    "1 for each loaded model version (info metric).",
+    ["model", "version", "task"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOAD_TIMESTAMP = Gauge(
+    "layerscope_model_load_timestamp_seconds",
+    "Unix time at which the version finished loading (latest over live workers).",
+    ["model", "version"],
+    multiprocess_mode="livemax",
+)
+MODEL_LOAD_DURATION = Histogram(
+    "layerscope_model_load_duration_seconds",
+    "Checksum, load, compile and warm-up time of one version in one worker.",
+    ["model"],
+    buckets=LOAD_BUCKETS,
+)
+MODEL_LOAD_FAILURES = Counter(
+    "layerscope_model_load_failures",
+    "Versions that failed their checksum or load (counted per worker attempt).",
+    ["model", "reason"],
+)
+MODEL_RELOADS = Counter(
+    "layerscope_model_reloads",
+    "Hot reloads: a new version loaded or a deleted version unloaded while serving.",
+    ["model"],
+)
+
+# -- activation drift (sampled) ----------------------------------------------------------
+LAYER_ACTIVATION_MEAN = Summary(
+    "layerscope_layer_activation_mean",
+    "Per sampled instance, the mean activation of a hidden layer (rate(_sum)/rate(_count)).",
+    ["model", "version", "layer"],
+)
+LAYER_INACTIVE_FRACTION = Summary(
+    "layerscope_layer_inactive_fraction",
+    "Per sampled instance, the fraction of a hidden layer's units at or below 0.",
+    ["model", "version", "layer"],
+)
+LAYER_REFERENCE_MEAN = Gauge(
+    "layerscope_layer_reference_activation_mean",
+    "Mean activation of a hidden layer on the version's reference sample.",
+    ["model", "version", "layer"],
+    multiprocess_mode="livemax",
+)
+LAYER_REFERENCE_INACTIVE = Gauge(
+    "layerscope_layer_reference_inactive_fraction",
+    "Fraction of inactive units of a hidden layer on the version's reference sample.",
+    ["model", "version", "layer"],
+    multiprocess_mode="livemax",
+)
+
+# -- per-worker bookkeeping ---------------------------------------------------------------
+_known_models: set[str] = set()
+_loaded_versions: dict[str, dict[str, str]] = {}  # model -> version -> task
+_lock = threading.Lock()
+_state = threading.local()
+_calls = itertools.count(1)
+_config = {"sample_every": 20, "sample_rows": 16}
+
+
+def configure(sample_every: int | None = None, sample_rows: int | None = None) -> None:
+    """Activation sampling: 1 model call in ``sample_every`` (0 = off), first rows only."""
+    if sample_every is not None:
+        _config["sample_every"] = max(0, int(sample_every))
+    if sample_rows is not None:
+        _config["sample_rows"] = max(1, int(sample_rows))
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def mark_process_dead(pid: int) -> None:
+    """Gunicorn ``child_exit``: drop the dead worker's live-gauge files."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition() -> tuple[bytes, str]:
+    """The text exposition: all workers aggregated (fresh registry) or this process."""
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+# -- label helpers ---------------------------------------------------------------------------
+def model_label(name: object) -> str:
+    """The name itself for a model the repository knows, else ``"unknown"``."""
+    return name if isinstance(name, str) and name in _known_models else UNKNOWN_MODEL
+
+
+def version_label(model: str, version: object) -> str:
+    version = str(version) if version is not None else ""
+    return version if version in _loaded_versions.get(model, ()) else ""
+
+
+def register_models(names: Iterable[str]) -> None:
+    """Models present in the repository (discovered, whether or not loaded yet)."""
+    with _lock:
+        _known_models.update(str(n) for n in names)
+
+
+# -- request instrumentation -----------------------------------------------------------------
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get(METRICS_PATH)
+def metrics_endpoint() -> Response:
+    body, content_type = exposition()
+    return Response(body, status=200, content_type=content_type)
+
+
+def _request_model() -> str | None:
+    args = request.view_args or {}
+    for key in ("name", "model", "model_name"):
+        if key in args:
+            return args[key]
+    return None
+
+
+def _before() -> None:
+    if request.path == METRICS_PATH:
+        return
+    g._ls_metrics_start = time.perf_counter()
+    g._ls_metrics_inflight = True
+    IN_FLIGHT.inc()
+
+
+def _after(response: Response) -> Response:
+    start = g.pop("_ls_metrics_start", None)
+    if start is None:
+        return response
+    try:
+        served = g.get("layerscope_model")  # (name, version) set when a runtime resolved
+        if served is not None:
+            model, version = model_label(str(served[0])), str(served[1])
+        else:
+            model = model_label(_request_model())
+            version = (request.view_args or {}).get("version")
+        endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ENDPOINT
+        method = request.method if request.method in _METHODS else "other"
+        REQUESTS.labels(
+            model, version_label(model, version), endpoint, method, str(response.status_code)
+        ).inc()
+        REQUEST_DURATION.labels(model, endpoint, method).observe(time.perf_counter() - start)
+    except Exception:  # metrics never break a response
+        log.exception("request metrics failed")
+    return response
+
+
+def _teardown(_exc: BaseException | None) -> None:
+    if g.pop("_ls_metrics_inflight", False):
+        IN_FLIGHT.dec()
+
+
+_METHODS = {"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"}
+
+
+def init_app(app: Flask) -> None:
+    """Register ``/metrics`` and the request hooks; subscribe to the app's repository."""
+    state = app.extensions.get("layerscope")
+    every = getattr(getattr(state, "settings", None), "activation_sample_every", None)
+    if every is not None:
+        configure(sample_every=every)
+    repository = getattr(state, "repository", None)
+    if repository is not None:
+        register_models(repository.scan().keys())
+        watch_repository(repository)
+    app.register_blueprint(bp)
+    app.before_request(_before)
+    app.after_request(_after)
+    app.teardown_request(_teardown)
+
+
+# -- model compute hooks (called by service.api.compute) ----------------------------------
+def observe_compute(runtime, operation: str, rows: int, seconds: float) -> None:
+    """Duration and batch size of one compiled-function call."""
+    if getattr(_state, "sampling", False):
+        return
+    try:
+        model, version = str(runtime.name), str(runtime.version)
+        COMPUTE_DURATION.labels(model, version, operation).observe(seconds)
+        BATCH_SIZE.labels(model, operation).observe(rows)
+    except Exception:
+        log.exception("compute metrics failed")
+
+
+def observe_predict(
+    runtime,
+    x: np.ndarray,
+    raw: np.ndarray,
+    seconds: float,
+    layers: dict[str, np.ndarray] | None = None,
+) -> None:
+    """After one forward pass: compute time, batch size, classes, fraud score, and (1 call
+    in N) the activation summary of every hidden layer for drift alerts. Hidden layers
+    the request computed anyway are reused; otherwise the sample costs one extra pass
+    over at most ``sample_rows`` rows."""
+    observe_compute(runtime, "activations" if layers else "predict", len(raw), seconds)
+    try:
+        _observe_outputs(runtime, np.asarray(raw, dtype=np.float32))
+        every = _config["sample_every"]
+        if every and next(_calls) % every == 0:
+            sample_activations(runtime, x[: _config["sample_rows"]], layers)
+    except Exception:
+        log.exception("prediction metrics failed")
+
+
+def _observe_outputs(runtime, raw: np.ndarray) -> None:
+    model, version = str(runtime.name), str(runtime.version)
+    names = [str(c) for c in runtime.metadata.get("class_names") or []]
+    binary = runtime.metadata.get("task") == "binary_classification"
+    if binary:
+        p = raw[:, -1] if raw.ndim == 2 else raw.reshape(-1)
+        threshold = runtime.metadata.get("threshold")
+        positive = p >= (0.5 if threshold is None else float(threshold))
+        n_pos = int(positive.sum())
+        n_neg = len(p) - n_pos
+        neg_name, pos_name = names[:2] if len(names) >= 2 else ("negative", "positive")
+        for decision, label, count in (
+            ("positive", pos_name, n_pos),
+            ("negative", neg_name, n_neg),
+        ):
+            if count:
+                FRAUD_DECISIONS.labels(model, decision).inc(count)
+                PREDICTIONS.labels(model, version, label).inc(count)
+        hist = FRAUD_SCORE.labels(model)
+        for value in p.tolist():
+            hist.observe(value)
+    else:
+        counts = np.bincount(np.argmax(raw, axis=-1), minlength=raw.shape[-1])
+        for index in np.flatnonzero(counts):
+            label = names[index] if index < len(names) else str(index)
+            PREDICTIONS.labels(model, version, label).inc(int(counts[index]))
+
+
+def layer_summary(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per instance: mean activation and fraction of units at or below 0."""
+    flat = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+    return flat.mean(axis=1), (flat <= 0).mean(axis=1)
+
+
+def sample_activations(
+    runtime, x: np.ndarray, computed: dict[str, np.ndarray] | None = None
+) -> None:
+    """Feed the drift summaries from the hidden layers (one multi-output pass if the
+    request did not compute them all already)."""
+    hidden = list(getattr(runtime, "hidden_layer_names", []) or [])
+    if not hidden or len(x) == 0:
+        return
+    rows = len(x)
+    if computed and all(name in computed for name in hidden):
+        acts = {name: computed[name][:rows] for name in hidden}
+    else:
+        _state.sampling = True
+        try:
+            acts = runtime.activations(x, hidden)
+        finally:
+            _state.sampling = False
+    model, version = str(runtime.name), str(runtime.version)
+    for layer, values in acts.items():
+        means, inactive = layer_summary(values)
+        mean_metric = LAYER_ACTIVATION_MEAN.labels(model, version, layer)
+        inactive_metric = LAYER_INACTIVE_FRACTION.labels(model, version, layer)
+        for m, f in zip(means.tolist(), inactive.tolist(), strict=True):
+            mean_metric.observe(m)
+            inactive_metric.observe(f)
+
+
+# -- model lifecycle hooks (called by service.repository) -----------------------------------
+def model_loaded(runtime) -> None:
+    """A version is loaded and warm in this worker; reference activation summary too."""
+    model, version = str(runtime.name), str(runtime.version)
+    task = str(runtime.metadata.get("task", ""))
+    with _lock:
+        _known_models.add(model)
+        _loaded_versions.setdefault(model, {})[version] = task
+    MODEL_READY.labels(model, version).set(1)
+    MODEL_INFO.labels(model, version, task).set(1)
+    MODEL_LOAD_TIMESTAMP.labels(model, version).set(time.time())
+    seconds = getattr(runtime, "load_seconds", None)
+    if seconds is not None:
+        MODEL_LOAD_DURATION.labels(model).observe(seconds)
+    try:
+        _reference_summary(runtime)
+    except Exception as exc:  # a missing reference sample only costs the drift baseline
+        log.warning("no reference activation summary for %s v%s: %s", model, version, exc)
+
+
+def _reference_summary(runtime) -> None:
+    path = getattr(runtime, "path", None)
+    layers = list(getattr(runtime, "hidden_layer_names", []) or [])
+    if path is None or not layers or not (path / "reference.npz").is_file():
+        return
+    with np.load(path / "reference.npz", allow_pickle=False) as data:
+        x = np.asarray(data["x"][:256], dtype=np.float32)
+    _state.sampling = True
+    try:
+        acts = runtime.activations(x, layers)
+    finally:
+        _state.sampling = False
+    model, version = str(runtime.name), str(runtime.version)
+    for layer, values in acts.items():
+        means, inactive = layer_summary(values)
+        LAYER_REFERENCE_MEAN.labels(model, version, layer).set(float(means.mean()))
+        LAYER_REFERENCE_INACTIVE.labels(model, version, layer).set(float(inactive.mean()))
+
+
+def model_load_failed(name: str, version: object, reason: str) -> None:
+    """``reason`` is a small fixed vocabulary, e.g. ``checksum``, ``metadata``, ``load``."""
+    model = str(name)
+    with _lock:
+        _known_models.add(model)
+    MODEL_LOAD_FAILURES.labels(model, reason).inc()
+    MODEL_READY.labels(model, str(version)).set(0)
+
+
+def model_unloaded(name: str, version: object) -> None:
+    model, version = str(name), str(version)
+    with _lock:
+        task = _loaded_versions.get(model, {}).pop(version, None)
+    MODEL_READY.labels(model, version).set(0)
+    if task is not None:
+        MODEL_INFO.labels(model, version, task).set(0)
+
+
+def model_reloaded(name: str) -> None:
+    MODEL_RELOADS.labels(str(name)).inc()
+
+
+def failure_reason(message: str | None) -> str:
+    """Map a load error message onto a bounded label value."""
+    text = (message or "").lower()
+    if "checksum" in text or "sha256" in text:
+        return "checksum"
+    if "metadata" in text:
+        return "metadata"
+    return "load"
+
+
+def watch_repository(repository) -> None:
+    """Subscribe the lifecycle metrics to a ``ModelRepository``'s events. A version
+    loaded after the initial load counts as a hot reload."""
+
+    def listener(event) -> None:
+        register_models(repository.models().keys())
+        if event.kind == "loaded":
+            model_loaded(repository.state(event.name, event.version).runtime)
+            if repository.initial_load_done.is_set():
+                model_reloaded(event.name)
+        elif event.kind == "failed":
+            model_load_failed(event.name, event.version, failure_reason(event.reason))
+        elif event.kind == "unloaded":
+            model_unloaded(event.name, event.version)
+
+    repository.listeners.append(listener)

@@ -1,0 +1,313 @@
+"""Model repository: discovery of ``<root>/<name>/<int version>/``, checksum-verified
+loading, per-version status and hot reload.
+
+Each Gunicorn worker owns one ``ModelRepository`` (created inside ``create_app``, which
+runs after fork) and one background thread that loads the initial models and then polls.
+Readers never lock: the table of versions is rebuilt and swapped as a whole, so a request
+sees either the old or the new table, never a half-built one. A version that fails its
+checksum or its load is recorded as ``failed`` with the reason; the previous version keeps
+serving. A version whose folder disappears is unloaded."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.errors import ModelNotFound, ModelNotReady
+from service.runtime import KerasRuntime, LoadError, read_metadata
+
+log = logging.getLogger("layerscope.repository")
+
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
+
+LOADING, READY, FAILED = "loading", "ready", "failed"
+
+
+@dataclass
+class VersionState:
+    name: str
+    version: int
+    path: Path
+    signature: tuple
+    status: str = LOADING
+    reason: str | None = None
+    runtime: Any = None
+    loaded_at: float | None = None
+    load_seconds: float | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "status": self.status,
+            "reason": self.reason,
+            "loaded_at": self.loaded_at,
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
+        }
+
+
+@dataclass
+class Event:
+    """What listeners (logs, metrics) receive: kind in loaded / failed / unloaded."""
+
+    kind: str
+    name: str
+    version: int
+    reason: str | None = None
+    seconds: float | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _signature(path: Path) -> tuple:
+    """Changes when a version folder is rewritten in place, so it gets reloaded."""
+    stats = []
+    for fname in ("metadata.json", "model.keras"):
+        try:
+            st = (path / fname).stat()
+            stats.append((st.st_mtime_ns, st.st_size, st.st_ino))
+        except OSError:
+            stats.append(None)
+    return tuple(stats)
+
+
+class ModelRepository:
+    def __init__(
+        self,
+        root: Path | str,
+        poll_interval: float = 5.0,
+        runtime_factory: Callable[[Path, dict], Any] = KerasRuntime,
+    ):
+        self.root = Path(root)
+        self.poll_interval = poll_interval
+        self.runtime_factory = runtime_factory
+        self.listeners: list[Callable[[Event], None]] = []
+        self._versions: dict[str, dict[int, VersionState]] = {}  # swapped, never mutated
+        self._write_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.initial_load_done = threading.Event()
+        self.last_scan: float | None = None
+
+    # -- discovery ---------------------------------------------------------------------
+    def _inside_root(self, path: Path) -> bool:
+        """Refuse anything (e.g. a symlink) that resolves outside the repository."""
+        try:
+            path.resolve(strict=True).relative_to(self.root.resolve(strict=True))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def scan(self) -> dict[str, dict[int, Path]]:
+        """Every ``<name>/<version>/`` holding a metadata.json; everything else ignored."""
+        found: dict[str, dict[int, Path]] = {}
+        try:
+            model_dirs = sorted(self.root.iterdir())
+        except OSError:
+            return found
+        for model_dir in model_dirs:
+            if not NAME_RE.match(model_dir.name) or not model_dir.is_dir():
+                continue
+            if not self._inside_root(model_dir):
+                log.warning("ignoring %s: resolves outside the repository", model_dir)
+                continue
+            versions: dict[int, Path] = {}
+            try:
+                entries = list(model_dir.iterdir())
+            except OSError:
+                continue
+            for vdir in entries:
+                if not VERSION_RE.match(vdir.name) or not vdir.is_dir():
+                    continue
+                if not self._inside_root(vdir) or not (vdir / "metadata.json").is_file():
+                    continue
+                versions[int(vdir.name)] = vdir
+            if versions:
+                found[model_dir.name] = versions
+        return found
+
+    # -- loading -----------------------------------------------------------------------
+    def _emit(self, event: Event) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a broken listener must not stop reloads
+                log.exception("repository listener failed")
+
+    def _load_one(self, state: VersionState) -> None:
+        start = time.perf_counter()
+        try:
+            metadata = read_metadata(state.path)
+            if str(metadata.get("name")) != state.name:
+                raise LoadError(
+                    f"metadata.json name {metadata.get('name')!r} differs from folder "
+                    f"{state.name!r}"
+                )
+            if metadata.get("version") != state.version:
+                raise LoadError(
+                    f"metadata.json version {metadata.get('version')!r} differs from folder "
+                    f"{state.version}"
+                )
+            runtime = self.runtime_factory(state.path, metadata)
+            runtime.load()
+        except Exception as exc:  # LoadError and anything unexpected from a bad file
+            state.status, state.reason = FAILED, str(exc) or type(exc).__name__
+            state.load_seconds = time.perf_counter() - start
+            log.error(
+                "model %s version %s failed to load: %s", state.name, state.version, state.reason
+            )
+            self._emit(Event("failed", state.name, state.version, reason=state.reason))
+            return
+        state.runtime = runtime
+        state.load_seconds = time.perf_counter() - start
+        state.loaded_at = time.time()
+        state.status, state.reason = READY, None
+        log.info(
+            "model %s version %s loaded and warmed in %.2fs",
+            state.name,
+            state.version,
+            state.load_seconds,
+        )
+        self._emit(Event("loaded", state.name, state.version, seconds=state.load_seconds))
+
+    def refresh(self) -> None:
+        """Bring the served table in line with the disk: load new or rewritten versions
+        (newest first, each swapped in as soon as it is warm), drop deleted ones."""
+        with self._write_lock:
+            found = self.scan()
+            current = self._versions
+            table: dict[str, dict[int, VersionState]] = {}
+            to_load: list[VersionState] = []
+            unloaded: list[VersionState] = []
+            for name, versions in found.items():
+                table[name] = {}
+                for version, path in versions.items():
+                    sig = _signature(path)
+                    old = current.get(name, {}).get(version)
+                    if old is not None and old.signature == sig:
+                        table[name][version] = old
+                        continue
+                    if old is not None:
+                        unloaded.append(old)
+                    state = VersionState(name, version, path, sig)
+                    table[name][version] = state
+                    to_load.append(state)
+            for name, versions in current.items():
+                for version, state in versions.items():
+                    if version not in found.get(name, {}):
+                        unloaded.append(state)
+            self._versions = table  # new versions appear as "loading"
+            for state in unloaded:
+                self._unload(state)
+            # newest first so the version that will serve by default is ready soonest
+            for state in sorted(to_load, key=lambda s: -s.version):
+                if self._stop.is_set():
+                    break
+                self._load_one(state)  # flips state.status in place once warm
+            self.last_scan = time.time()
+
+    def _unload(self, state: VersionState) -> None:
+        runtime, state.runtime = state.runtime, None
+        if runtime is not None and hasattr(runtime, "unload"):
+            runtime.unload()
+        log.info("model %s version %s unloaded", state.name, state.version)
+        self._emit(Event("unloaded", state.name, state.version))
+
+    # -- background polling ----------------------------------------------------------------
+    def start(self, initial: bool = True) -> None:
+        """Initial load plus polling in a daemon thread (call after fork, in the worker)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._thread = threading.Thread(
+            target=self._run, args=(initial,), name="layerscope-reload", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, initial: bool = True) -> None:
+        if initial:
+            try:
+                self.refresh()
+            except Exception:
+                log.exception("initial model load failed")
+            finally:
+                self.initial_load_done.set()
+        while self.poll_interval > 0 and not self._stop.wait(self.poll_interval):
+            try:
+                self.refresh()
+            except Exception:  # keep polling; the next pass may succeed
+                log.exception("model repository refresh failed")
+
+    def load_now(self) -> None:
+        """Synchronous initial load (tests, scripts)."""
+        self.refresh()
+        self.initial_load_done.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- queries (lock-free) -------------------------------------------------------------
+    def models(self) -> dict[str, dict[int, VersionState]]:
+        return self._versions
+
+    def versions(self, name: str) -> dict[int, VersionState]:
+        versions = self._versions.get(name)
+        if not versions:
+            known = ", ".join(sorted(self._versions)) or "none"
+            raise ModelNotFound(f"model {name!r} not found; available models: {known}")
+        return versions
+
+    def default_version(self, name: str) -> int | None:
+        """The latest READY version (what an unversioned request gets)."""
+        ready = [v for v, s in self.versions(name).items() if s.status == READY]
+        return max(ready) if ready else None
+
+    def get(self, name: str, version: int | None = None):
+        """The runtime serving ``name`` (latest ready version unless ``version`` given)."""
+        versions = self.versions(name)
+        if version is None:
+            version = self.default_version(name)
+            if version is None:
+                detail = "; ".join(
+                    f"v{v}: {s.status}" + (f" ({s.reason})" if s.reason else "")
+                    for v, s in sorted(versions.items())
+                )
+                raise ModelNotReady(f"model {name!r} has no ready version yet: {detail}")
+        state = versions.get(version)
+        if state is None:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version}; available versions: "
+                f"{', '.join(str(v) for v in sorted(versions))}"
+            )
+        if state.status != READY or state.runtime is None:
+            reason = f": {state.reason}" if state.reason else ""
+            raise ModelNotReady(f"model {name!r} version {version} is {state.status}{reason}")
+        return state.runtime
+
+    def state(self, name: str, version: int) -> VersionState:
+        versions = self.versions(name)
+        if version not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version}; available versions: "
+                f"{', '.join(str(v) for v in sorted(versions))}"
+            )
+        return versions[version]
+
+    def model_ready(self, name: str) -> bool:
+        """The latest published version that has not failed is loaded and warmed."""
+        versions = self.versions(name)
+        candidates = [v for v, s in versions.items() if s.status != FAILED]
+        return bool(candidates) and versions[max(candidates)].status == READY
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        if not self.initial_load_done.is_set():
+            return False, {"reason": "initial model load in progress"}
+        table = self._versions
+        detail = {name: self.model_ready(name) for name in table}
+        if not table:
+            return False, {"reason": f"no model versions found in {self.root}"}
+        return all(detail.values()), {"models": detail}

@@ -1,0 +1,102 @@
+"""The built model has exactly the declared layers, names, widths, activations, regularisers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from training.builder import build_model, compile_model
+from training.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+TABULAR = {
+    "name": "tab", "task": "binary_classification", "dataset": "creditcard", "input": "tabular",
+    "hidden": [
+        {"kind": "dense", "units": 12, "activation": "leaky_relu", "l1": 0.001, "l2": 0.01},
+        {"kind": "batch_norm", "momentum": 0.9},
+        {"kind": "dropout", "rate": 0.25},
+        {"kind": "dense", "units": 6, "activation": "selu", "use_bias": False, "name": "code"},
+        {"kind": "layer_norm"},
+        {"kind": "dense", "units": 5, "activation": "linear"},
+    ],
+}
+IMAGE = {
+    "name": "img", "task": "multiclass_classification", "dataset": "mnist", "input": "image",
+    "hidden": [
+        {"kind": "conv2d", "filters": 4, "kernel": [3, 5], "strides": 1, "activation": "elu"},
+        {"kind": "avg_pool", "pool": 2},
+        {"kind": "conv2d", "filters": 6, "kernel": 3, "strides": 2, "padding": "valid",
+         "activation": "tanh", "l2": 0.001},
+        {"kind": "max_pool", "pool": 2, "strides": 1, "padding": "same"},
+        {"kind": "global_max_pool"},
+        {"kind": "dense", "units": 7, "activation": "gelu"},
+        {"kind": "dense", "units": 3, "activation": "sigmoid"},
+    ],
+}
+
+
+def _layers(model):
+    return [(layer.name, type(layer).__name__) for layer in model.layers]
+
+
+def test_tabular_model_layers_names_and_settings():
+    cfg = load_config(TABULAR)
+    x = np.random.default_rng(0).normal(5.0, 3.0, size=(64, 30)).astype("float32")
+    model = build_model(cfg, input_shape=(30,), num_classes=2, adapt_data=x)
+    assert _layers(model) == [
+        ("input", "InputLayer"), ("normalization", "Normalization"), ("dense_1", "Dense"),
+        ("batch_norm_1", "BatchNormalization"), ("dropout_1", "Dropout"), ("code", "Dense"),
+        ("layer_norm_1", "LayerNormalization"), ("dense_3", "Dense"), ("output", "Dense"),
+    ]
+    d1, code, d3, out = (model.get_layer(n) for n in ("dense_1", "code", "dense_3", "output"))
+    assert (d1.units, code.units, d3.units, out.units) == (12, 6, 5, 1)
+    assert [layer.get_config()["activation"] for layer in (d1, code, d3, out)] == [
+        "leaky_relu", "selu", "linear", "sigmoid"]
+    reg = d1.kernel_regularizer.get_config()
+    assert reg["l1"] == pytest.approx(0.001) and reg["l2"] == pytest.approx(0.01)
+    assert code.kernel_regularizer is None and code.use_bias is False and d1.use_bias
+    assert model.get_layer("batch_norm_1").momentum == pytest.approx(0.9)
+    assert model.get_layer("dropout_1").rate == pytest.approx(0.25)
+    # Normalisation statistics come from the adapt data (the training split only).
+    norm = model.get_layer("normalization")
+    np.testing.assert_allclose(np.ravel(norm.mean), x.mean(axis=0), rtol=1e-4, atol=1e-4)
+    assert not any(type(layer).__name__ in ("Lambda", "Activation") for layer in model.layers)
+
+
+def test_image_model_layers_shapes_and_activations():
+    cfg = load_config(IMAGE)
+    model = build_model(cfg, input_shape=(28, 28, 1), num_classes=10)
+    assert _layers(model) == [
+        ("input", "InputLayer"), ("rescaling", "Rescaling"), ("conv2d_1", "Conv2D"),
+        ("avg_pool_1", "AveragePooling2D"), ("conv2d_2", "Conv2D"),
+        ("max_pool_1", "MaxPooling2D"), ("global_max_pool_1", "GlobalMaxPooling2D"),
+        ("dense_1", "Dense"), ("dense_2", "Dense"), ("output", "Dense"),
+    ]
+    c1, c2 = model.get_layer("conv2d_1"), model.get_layer("conv2d_2")
+    assert (c1.filters, c1.kernel_size, c1.padding) == (4, (3, 5), "same")
+    assert (c2.filters, c2.strides, c2.padding) == (6, (2, 2), "valid")
+    assert c2.kernel_regularizer.get_config()["l2"] == pytest.approx(0.001)
+    assert [model.get_layer(n).get_config()["activation"]
+            for n in ("conv2d_1", "conv2d_2", "dense_1", "dense_2", "output")] == [
+        "elu", "tanh", "gelu", "sigmoid", "softmax"]
+    assert model.get_layer("output").units == 10
+    assert model.get_layer("rescaling").scale == pytest.approx(1 / 255)
+    # 28 -> avg_pool 14 -> conv valid stride 2: 6 -> max_pool same stride 1: 6
+    assert tuple(model.get_layer("max_pool_1").output.shape) == (None, 6, 6, 6)
+    probs = model(np.full((2, 28, 28, 1), 255.0, dtype="float32"))
+    np.testing.assert_allclose(np.sum(probs, axis=1), 1.0, rtol=1e-5)
+
+
+def test_committed_default_models_build_and_save_with_safe_mode(tmp_path):
+    for name, shape, classes in (("fraud", (30,), 2), ("fashion", (28, 28, 1), 10)):
+        cfg = load_config(ROOT / "models" / name)
+        model = compile_model(build_model(cfg, input_shape=shape, num_classes=classes), cfg)
+        hidden = [layer.name for layer in model.layers[2:-1]]
+        assert hidden == [spec["name"] for spec in cfg["hidden"]]
+        model.save(tmp_path / f"{name}.keras")
+        again = keras.saving.load_model(tmp_path / f"{name}.keras", safe_mode=True)
+        assert [layer.name for layer in again.layers] == [layer.name for layer in model.layers]

@@ -1,0 +1,70 @@
+"""Sweeps: grid generation, the comparison table and plot, nothing published unless asked."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from training.config import ConfigError, load_config
+from training.sweep import feature_prefix, grid_variants, load_variants, run_sweep
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS = ROOT / "tests/configs/digits.yaml"
+
+
+def test_grid_keeps_the_conv_prefix_and_replaces_the_dense_head():
+    cfg = load_config(DIGITS)
+    assert [s["kind"] for s in feature_prefix(cfg["hidden"])] == ["conv2d", "max_pool",
+                                                                  "flatten"]
+    variants = grid_variants(cfg, [0, 1, 2], [8, 16], ["relu", "tanh"], dropout=0.1)
+    labels = [v["label"] for v in variants]
+    assert labels[0] == "d0" and labels.count("d0") == 1  # depth 0 is one model, not four
+    assert len(variants) == 1 + 2 * 2 * 2
+    v = next(v for v in variants if v["label"] == "d2-w16-tanh")
+    kinds = [s["kind"] for s in v["hidden"]]
+    assert kinds == ["conv2d", "max_pool", "flatten", "dense", "dropout", "dense", "dropout"]
+    names = [s["name"] for s in load_config({**cfg.get_config(), "hidden": v["hidden"]})["hidden"]]
+    assert names[3:] == ["dense_1", "dropout_1", "dense_2", "dropout_2"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (([], [8], ["relu"]), "sweep.depths: expected at least one value"),
+    (([1], [0], ["relu"]), "sweep.widths: expected an integer >= 1. Received: 0"),
+    (([1], [8], ["swish"]), "sweep.activations: expected one of relu, tanh"),
+])
+def test_grid_rejects_bad_axes(args, message):
+    with pytest.raises(ConfigError, match=message):
+        grid_variants(load_config(DIGITS), *args)
+
+
+def test_variants_file_is_validated_before_training(tmp_path):
+    f = tmp_path / "v.yaml"
+    f.write_text("- {label: ok, hidden: [{kind: flatten}]}\n"
+                 "- {label: bad, hidden: [{kind: flatten}, {kind: dense, units: -1}]}\n")
+    variants = load_variants(f)
+    with pytest.raises(ConfigError, match=r"variants\[1\] \(bad\)\.hidden\[1\]\.units"):
+        run_sweep(DIGITS, variants, out_dir=tmp_path / "out", models_root=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_sweep_on_digits_writes_table_csv_and_plot_and_publishes_nothing(tmp_path):
+    cfg = load_config(DIGITS)
+    variants = grid_variants(cfg, [1], [4, 24], ["relu"])
+    res = run_sweep(DIGITS, variants, out_dir=tmp_path / "sweep", models_root=tmp_path / "m",
+                    overrides={"dataset.limit": 400, "training.epochs": 2}, overfit_gap=0.0)
+    assert [r["label"] for r in res.rows] == ["d1-w4-relu", "d1-w24-relu"]
+    small, big = res.rows
+    assert small["params"] < big["params"]
+    for r in res.rows:
+        assert 0.0 <= r["val_accuracy"] <= 1.0
+        assert r["gap"] == pytest.approx(r["train_accuracy"] - r["val_accuracy"], abs=1e-3)
+        assert r["overfit"] == (r["gap"] > 0.0) and r["version"] is None
+    with open(res.table_csv) as f:
+        table = list(csv.DictReader(f))
+    assert [t["label"] for t in table] == ["d1-w4-relu", "d1-w24-relu"]
+    md = res.table_md.read_text()
+    assert "| label |" in md and "d1-w24-relu" in md and "Best on validation" in md
+    assert res.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (tmp_path / "m").exists()  # variants are not published unless asked

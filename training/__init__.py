@@ -1,0 +1,1 @@
+"""Layerscope offline training pipeline: data, model building, training, publishing (python -m training)."""

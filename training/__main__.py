@@ -1,0 +1,242 @@
+"""Command line: ``python -m training data | train | sweep | evaluate``.
+
+Exit status: 0 success, 2 invalid config or usage (nothing was trained), 3 data set not
+found, 1 any other failure (no version is published by a failed run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_CONFIG = 2
+EXIT_DATA = 3
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """``--set training.epochs=3`` -> {"training.epochs": 3} (values parsed as YAML)."""
+    import yaml
+
+    from training.config import ConfigError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError("--set", f"expected KEY=VALUE (e.g. training.epochs=3). "
+                                       f"Received: {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from training.config import ConfigError
+
+    out = _parse_set(args.set)
+    for flag, key in (("epochs", "training.epochs"), ("limit", "dataset.limit"),
+                      ("seed", "training.seed")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            if value < 1 and flag != "seed":
+                raise ConfigError(f"--{flag}", f"expected an integer >= 1. "
+                                               f"Received: {flag}={value}")
+            out[key] = value
+    if getattr(args, "synthetic", False):
+        out["dataset.synthetic"] = True
+        if args.rows is not None:
+            out["dataset.rows"] = args.rows
+    return out
+
+
+def _data_dir(args: argparse.Namespace) -> str | None:
+    return args.data_dir or os.environ.get("LAYERSCOPE_DATA_DIR")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from training import data
+
+    names = args.names or list(data.DATASETS)
+    try:
+        rows = data.prepare(names, _data_dir(args))
+        missing = None
+    except data.DataNotFound as exc:
+        rows, missing = getattr(exc, "rows", []), str(exc)
+    for r in rows:
+        _log(f"{r['name']:<14} {r['kind']:<8} rows={r['rows']:<7} test={r['test_rows']:<6} "
+             f"sha256={r['sha256'][:12]} {'SYNTHETIC ' if r['synthetic'] else ''}"
+             f"{r['source']}")
+    if missing:
+        print(missing, file=sys.stderr)
+        return EXIT_DATA
+    return 0
+
+
+def _summary(version_dir: Path, seconds: float) -> None:
+    meta = json.loads((version_dir / "metadata.json").read_text())
+    ds = meta["dataset"]
+    test, base = meta["metrics"]["test"], meta["metrics"].get("baseline")
+    _log("")
+    _log(f"== {meta['name']} v{meta['version']} published at {version_dir}")
+    _log(f"   data      {ds['name']} rows={ds['rows']} sha256={ds['sha256'][:12]}"
+         f"{'  ** SYNTHETIC DATA **' if ds['synthetic'] else ''}")
+    _log("   splits    " + " ".join(f"{k}={v}" for k, v in meta["splits"].items()))
+    if meta["task"] == "binary_classification":
+        _log(f"   test      PR-AUC={test['pr_auc']:.4f} ROC-AUC={test['roc_auc']:.4f} "
+             f"P={test['precision']:.3f} R={test['recall']:.3f} F1={test['f1']:.3f} "
+             f"@ threshold {meta['threshold']:.4f}")
+        if base:
+            bt = base["test"]
+            diff = test["pr_auc"] - bt["pr_auc"]
+            _log(f"   baseline  HGB PR-AUC={bt['pr_auc']:.4f} ROC-AUC={bt['roc_auc']:.4f} "
+                 f"F1={bt['f1']:.3f} (MLP - HGB PR-AUC = {diff:+.4f})")
+    else:
+        worst = min((v, k) for k, v in test["per_class_accuracy"].items() if v is not None)
+        _log(f"   test      accuracy={test['accuracy']:.4f} "
+             f"(weakest class {worst[1]!r}: {worst[0]:.3f})")
+    _log(f"   time      fit {meta['training_seconds']:.1f}s, total {seconds:.1f}s, "
+         f"{meta['epochs_run']} epochs")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.config import load_config
+    from training.train import train
+
+    overrides = _overrides(args)
+    load_config(args.model, overrides)  # fail fast (exit 2) before importing TensorFlow
+    started = time.perf_counter()
+    path = train(args.model, models_root=args.models_root, data_dir=_data_dir(args),
+                 overrides=overrides, log=None if args.quiet else _log)
+    _summary(path, time.perf_counter() - started)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from training import sweep
+    from training.config import load_config
+
+    overrides = _overrides(args)
+    cfg = load_config(args.model, overrides)
+    if args.variants:
+        variants = sweep.load_variants(args.variants)
+    else:
+        variants = sweep.grid_variants(cfg, args.depths, args.widths, args.activations,
+                                       args.dropout)
+    _log(f"[sweep] {len(variants)} variants of {cfg.name}: "
+         + ", ".join(v["label"] for v in variants))
+    res = sweep.run_sweep(args.model, variants, out_dir=args.out, models_root=args.models_root,
+                          data_dir=_data_dir(args), overrides=overrides, publish=args.publish,
+                          overfit_gap=args.overfit_gap, log=None if args.quiet else _log)
+    _log("")
+    _log(res.table_md.read_text())
+    _log(f"table: {res.table_md}  {res.table_csv}\nplot:  {res.plot}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.train import evaluate_version
+
+    r = evaluate_version(args.version, data_dir=_data_dir(args))
+    _log(f"{r['name']} v{r['version']} ({r['path']}), test n={r['n_test']}"
+         f"{'  ** SYNTHETIC DATA **' if r['synthetic'] else ''}")
+    for k, v in r["recomputed"].items():
+        _log(f"   {k:<10} recomputed={v:.4f} stored={r['stored'][k]:.4f}")
+    ok = r["max_abs_diff"] <= 1e-4
+    _log(f"   {'matches' if ok else 'DIFFERS FROM'} metadata.json "
+         f"(max |diff| = {r['max_abs_diff']:.2e})")
+    return 0 if ok else 1
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training",
+                                description="Layerscope offline pipeline: data, training, "
+                                            "sweeps and re-evaluation of model versions.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp: argparse.ArgumentParser, train_like: bool = True) -> None:
+        sp.add_argument("--data-dir", help="data directory (default $LAYERSCOPE_DATA_DIR)")
+        if not train_like:
+            return
+        sp.add_argument("--models-root", help="publish under DIR/<name> (default: the "
+                                              "model.yaml's folder)")
+        sp.add_argument("--epochs", type=int, help="override training.epochs")
+        sp.add_argument("--limit", type=int, help="use a stratified subset of N rows")
+        sp.add_argument("--seed", type=int, help="override training.seed")
+        sp.add_argument("--synthetic", action="store_true",
+                        help="train on SYNTHETIC transactions (creditcard schema); flagged "
+                             "everywhere")
+        sp.add_argument("--rows", type=int, help="rows of synthetic data (with --synthetic)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override any config field, e.g. training.batch_size=64")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+
+    d = sub.add_parser("data", help="locate, load and checksum the data sets")
+    d.add_argument("names", nargs="*", help="data sets (default: all)")
+    common(d, train_like=False)
+    d.set_defaults(func=cmd_data)
+
+    t = sub.add_parser("train", help="train models/<name> and publish a new version")
+    t.add_argument("model", help="models/<name> or a model.yaml")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("sweep", help="train depth x width x activation variants and "
+                                     "compare them")
+    s.add_argument("model", help="models/<name> or a model.yaml (the base config)")
+    common(s)
+    s.add_argument("--depths", type=int, nargs="+", default=[1, 2, 3])
+    s.add_argument("--widths", type=int, nargs="+", default=[32, 128])
+    s.add_argument("--activations", nargs="+", default=["relu", "tanh"])
+    s.add_argument("--dropout", type=float, help="dropout after each dense layer")
+    s.add_argument("--variants", help="YAML list of {label, hidden} instead of the grid")
+    s.add_argument("--overfit-gap", type=float, default=0.05,
+                   help="flag train - validation metric above this (default 0.05)")
+    s.add_argument("--out", help="output folder (default models/<name>/sweeps/<time>)")
+    s.add_argument("--publish", action="store_true", help="publish every variant as a version")
+    s.set_defaults(func=cmd_sweep)
+
+    e = sub.add_parser("evaluate", help="re-check a published version on its test split")
+    e.add_argument("version", help="models/<name>/<version> or models/<name> (newest)")
+    common(e, train_like=False)
+    e.set_defaults(func=cmd_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from training.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: invalid config: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except Exception as exc:  # noqa: BLE001 - the CLI turns failures into a status
+        from training.data import DataNotFound
+
+        if isinstance(exc, DataNotFound):
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_DATA
+        if os.environ.get("LAYERSCOPE_DEBUG"):
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
