@@ -85,7 +85,9 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     errors.install(app)
 
-    repository = ModelRepository(settings.model_repository, settings.poll_interval)
+    repository = ModelRepository(
+        settings.model_repository, settings.poll_interval, max_versions=settings.max_versions
+    )
     app.extensions["layerscope"] = Layerscope(settings, repository)
 
     from service.api import health, native, tfserving, v2

@@ -31,6 +31,9 @@ accesslog = None  # service/logs.py writes one JSON access line per request, wit
 errorlog = "-"
 logconfig_dict = gunicorn_logconfig(_settings.log_level)  # Gunicorn's own lines as JSON too
 limit_request_line = 8190
+# Gunicorn 27's control socket defaults to one fixed path per user: several servers on one
+# machine (tests, bench) would fight over it, and nothing here needs runtime management.
+control_socket_disable = True
 # TensorFlow reads these when it is first imported, in the worker.
 raw_env = [
     f"TF_NUM_INTRAOP_THREADS={_settings.intra_op_threads}",

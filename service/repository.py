@@ -27,7 +27,7 @@ log = logging.getLogger("layerscope.repository")
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 
-LOADING, READY, FAILED = "loading", "ready", "failed"
+LOADING, READY, FAILED, SKIPPED = "loading", "ready", "failed", "skipped"
 
 
 @dataclass
@@ -82,9 +82,11 @@ class ModelRepository:
         root: Path | str,
         poll_interval: float = 5.0,
         runtime_factory: Callable[[Path, dict], Any] = KerasRuntime,
+        max_versions: int = 0,
     ):
         self.root = Path(root)
         self.poll_interval = poll_interval
+        self.max_versions = max_versions  # 0 = load every version
         self.runtime_factory = runtime_factory
         self.listeners: list[Callable[[Event], None]] = []
         self._versions: dict[str, dict[int, VersionState]] = {}  # swapped, never mutated
@@ -175,14 +177,21 @@ class ModelRepository:
         )
         self._emit(Event("loaded", state.name, state.version, seconds=state.load_seconds))
 
+    def _wanted(self, versions: dict[int, VersionState]) -> list[int]:
+        """The versions that should be loaded: the newest ``max_versions`` not failed."""
+        ok = sorted((v for v, st in versions.items() if st.status != FAILED), reverse=True)
+        return ok[: self.max_versions] if self.max_versions else ok
+
     def refresh(self) -> None:
         """Bring the served table in line with the disk: load new or rewritten versions
-        (newest first, each swapped in as soon as it is warm), drop deleted ones."""
+        (each model's newest first, each swapped in as soon as it is warm), drop deleted
+        ones, and keep at most ``max_versions`` loaded per model. A version that fails
+        does not take a slot, and an older version is only unloaded once a newer one is
+        warm, so a bad publish never reduces what is served."""
         with self._write_lock:
             found = self.scan()
             current = self._versions
             table: dict[str, dict[int, VersionState]] = {}
-            to_load: list[VersionState] = []
             unloaded: list[VersionState] = []
             for name, versions in found.items():
                 table[name] = {}
@@ -190,13 +199,11 @@ class ModelRepository:
                     sig = _signature(path)
                     old = current.get(name, {}).get(version)
                     if old is not None and old.signature == sig:
-                        table[name][version] = old
+                        table[name][version] = old  # unchanged (a failed one is not retried)
                         continue
                     if old is not None:
-                        unloaded.append(old)
-                    state = VersionState(name, version, path, sig)
-                    table[name][version] = state
-                    to_load.append(state)
+                        unloaded.append(old)  # rewritten in place: reload
+                    table[name][version] = VersionState(name, version, path, sig)
             for name, versions in current.items():
                 for version, state in versions.items():
                     if version not in found.get(name, {}):
@@ -204,11 +211,40 @@ class ModelRepository:
             self._versions = table  # new versions appear as "loading"
             for state in unloaded:
                 self._unload(state)
-            # newest first so the version that will serve by default is ready soonest
-            for state in sorted(to_load, key=lambda s: -s.version):
-                if self._stop.is_set():
+            while not self._stop.is_set():
+                pending = []
+                for name, versions in table.items():
+                    for rank, version in enumerate(self._wanted(versions)):
+                        state = versions[version]
+                        if state.status == SKIPPED:  # back in the window: load it again
+                            state = versions[version] = VersionState(
+                                name, version, state.path, state.signature
+                            )
+                        if state.status == LOADING:
+                            pending.append((rank, -version, state))
+                if not pending:
                     break
-                self._load_one(state)  # flips state.status in place once warm
+                # every model's newest version first: what serves by default is ready soonest
+                for _, _, state in sorted(pending, key=lambda t: t[:2]):
+                    if self._stop.is_set():
+                        break
+                    self._load_one(state)  # flips state.status in place once warm
+            for name, versions in table.items():
+                wanted = set(self._wanted(versions))
+                for version, state in list(versions.items()):
+                    if version in wanted or state.status in (FAILED, SKIPPED):
+                        continue
+                    if state.status == READY:
+                        self._unload(state)
+                    versions[version] = VersionState(
+                        name,
+                        version,
+                        state.path,
+                        state.signature,
+                        status=SKIPPED,
+                        reason=f"older than the {self.max_versions} newest versions "
+                        "(LAYERSCOPE_MAX_VERSIONS)",
+                    )
             self.last_scan = time.time()
 
     def _unload(self, state: VersionState) -> None:
@@ -283,6 +319,8 @@ class ModelRepository:
                 f"model {name!r} has no version {version}; available versions: "
                 f"{', '.join(str(v) for v in sorted(versions))}"
             )
+        if state.status == SKIPPED:
+            raise ModelNotFound(f"model {name!r} version {version} is not loaded: {state.reason}")
         if state.status != READY or state.runtime is None:
             reason = f": {state.reason}" if state.reason else ""
             raise ModelNotReady(f"model {name!r} version {version} is {state.status}{reason}")
@@ -300,7 +338,7 @@ class ModelRepository:
     def model_ready(self, name: str) -> bool:
         """The latest published version that has not failed is loaded and warmed."""
         versions = self.versions(name)
-        candidates = [v for v, s in versions.items() if s.status != FAILED]
+        candidates = [v for v, s in versions.items() if s.status not in (FAILED, SKIPPED)]
         return bool(candidates) and versions[max(candidates)].status == READY
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:

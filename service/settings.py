@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     timeout: int = Field(60, ge=1)
     graceful_timeout: int = Field(30, ge=1)
     poll_interval: float = Field(5.0, ge=0)  # hot reload period in seconds, 0 = off
+    # versions loaded per model, newest first (each costs memory in every worker); 0 = all
+    max_versions: int = Field(3, ge=0)
     load_in_background: bool = True  # False: create_app returns only after the first load
     max_batch_size: int = Field(256, ge=1)
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)

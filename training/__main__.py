@@ -54,11 +54,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["dataset.synthetic"] = True
         if args.rows is not None:
             out["dataset.rows"] = args.rows
+    elif getattr(args, "rows", None) is not None:
+        raise ConfigError("--rows", f"only applies with --synthetic. Received: rows={args.rows}")
     return out
 
 
 def _data_dir(args: argparse.Namespace) -> str | None:
-    return args.data_dir or os.environ.get("LAYERSCOPE_DATA_DIR")
+    """--data-dir, else None: training.data then looks at $LAYERSCOPE_DATA_DIR itself."""
+    return args.data_dir
 
 
 # --------------------------------------------------------------------------- commands
@@ -83,6 +86,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _f(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 def _summary(version_dir: Path, seconds: float) -> None:
     meta = json.loads((version_dir / "metadata.json").read_text())
     ds = meta["dataset"]
@@ -93,14 +100,15 @@ def _summary(version_dir: Path, seconds: float) -> None:
          f"{'  ** SYNTHETIC DATA **' if ds['synthetic'] else ''}")
     _log("   splits    " + " ".join(f"{k}={v}" for k, v in meta["splits"].items()))
     if meta["task"] == "binary_classification":
-        _log(f"   test      PR-AUC={test['pr_auc']:.4f} ROC-AUC={test['roc_auc']:.4f} "
+        _log(f"   test      PR-AUC={_f(test['pr_auc'])} ROC-AUC={_f(test['roc_auc'])} "
              f"P={test['precision']:.3f} R={test['recall']:.3f} F1={test['f1']:.3f} "
              f"@ threshold {meta['threshold']:.4f}")
         if base:
             bt = base["test"]
-            diff = test["pr_auc"] - bt["pr_auc"]
-            _log(f"   baseline  HGB PR-AUC={bt['pr_auc']:.4f} ROC-AUC={bt['roc_auc']:.4f} "
-                 f"F1={bt['f1']:.3f} (MLP - HGB PR-AUC = {diff:+.4f})")
+            diff = (None if test["pr_auc"] is None or bt["pr_auc"] is None
+                    else f"{test['pr_auc'] - bt['pr_auc']:+.4f}")
+            _log(f"   baseline  HGB PR-AUC={_f(bt['pr_auc'])} ROC-AUC={_f(bt['roc_auc'])} "
+                 f"F1={bt['f1']:.3f} (MLP - HGB PR-AUC = {diff or 'n/a'})")
     else:
         worst = min((v, k) for k, v in test["per_class_accuracy"].items() if v is not None)
         _log(f"   test      accuracy={test['accuracy']:.4f} "
@@ -151,7 +159,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _log(f"{r['name']} v{r['version']} ({r['path']}), test n={r['n_test']}"
          f"{'  ** SYNTHETIC DATA **' if r['synthetic'] else ''}")
     for k, v in r["recomputed"].items():
-        _log(f"   {k:<10} recomputed={v:.4f} stored={r['stored'][k]:.4f}")
+        _log(f"   {k:<10} recomputed={_f(v)} stored={_f(r['stored'][k])}")
     ok = r["max_abs_diff"] <= 1e-4
     _log(f"   {'matches' if ok else 'DIFFERS FROM'} metadata.json "
          f"(max |diff| = {r['max_abs_diff']:.2e})")
@@ -205,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--variants", help="YAML list of {label, hidden} instead of the grid")
     s.add_argument("--overfit-gap", type=float, default=0.05,
                    help="flag train - validation metric above this (default 0.05)")
-    s.add_argument("--out", help="output folder (default models/<name>/sweeps/<time>)")
+    s.add_argument("--out", help="output folder (default sweeps/<name>/<time>, or under "
+                                      "$LAYERSCOPE_SWEEPS_DIR)")
     s.add_argument("--publish", action="store_true", help="publish every variant as a version")
     s.set_defaults(func=cmd_sweep)
 

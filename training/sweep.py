@@ -25,6 +25,7 @@ import yaml
 from training.config import ACTIVATIONS, ConfigError, ModelConfig, load_config
 
 PREFIX_END_KINDS = ("flatten", "global_avg_pool", "global_max_pool")
+ENV_SWEEPS_DIR = "LAYERSCOPE_SWEEPS_DIR"
 
 
 @dataclass
@@ -121,6 +122,8 @@ def run_sweep(config: str | os.PathLike | dict | ModelConfig, variants: list[dic
 
     Every variant config is validated before the first one trains.
     """
+    import keras
+
     from training import plots
     from training import train as train_mod
 
@@ -139,12 +142,15 @@ def run_sweep(config: str | os.PathLike | dict | ModelConfig, variants: list[dic
                               str(exc).split(": ", 1)[-1]) from exc
     model_root = train_mod.default_model_root(config, base.name, models_root)
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    out = Path(out_dir) if out_dir is not None else model_root / "sweeps" / stamp
+    if out_dir is None:  # beside the project's models/, git-ignored (/sweeps/)
+        out_dir = Path(os.environ.get(ENV_SWEEPS_DIR, "sweeps")) / base.name / stamp
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metric = sweep_metric(base)
     rows: list[dict] = []
     for i, (v, cfg) in enumerate(zip(variants, configs, strict=True)):
         log(f"[sweep] variant {i + 1}/{len(variants)}: {v['label']}")
+        keras.backend.clear_session()  # free the previous variant's graph and functions
         started = time.perf_counter()
         result = train_mod.run_training(cfg, data_dir=data_dir, log=log,
                                         baseline=publish and base.is_binary)

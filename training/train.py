@@ -72,10 +72,8 @@ def load_data(cfg: ModelConfig, data_dir: str | os.PathLike | None = None):
     ds_cfg = cfg["dataset"]
     seed = cfg.training["seed"]
     if ds_cfg["synthetic"]:
-        ds = data.synthetic_transactions(ds_cfg["rows"], ds_cfg["fraud_rate"], seed)
-        if ds_cfg["limit"] is not None and ds_cfg["limit"] < len(ds.y):
-            ds = data._apply_limit(ds, ds_cfg["limit"], seed)
-        return ds
+        rows = min(ds_cfg["rows"], ds_cfg["limit"] or ds_cfg["rows"])
+        return data.synthetic_transactions(rows, ds_cfg["fraud_rate"], seed)
     return data.load_dataset(ds_cfg["name"], data_dir=data_dir, limit=ds_cfg["limit"],
                              seed=seed)
 

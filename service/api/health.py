@@ -22,7 +22,8 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     ready, detail = repository().readiness()
-    return jsonify({"ready": ready, **detail}), (200 if ready else 503)
+    # pid: each Gunicorn worker loads its own models, so readiness is per worker
+    return jsonify({"ready": ready, "pid": os.getpid(), **detail}), (200 if ready else 503)
 
 
 @bp.get("/v2/health/live")

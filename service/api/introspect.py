@@ -34,15 +34,22 @@ _reference_stats = stats.ReferenceStatsCache()
 _cache_lock = threading.Lock()
 _layer_rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _references: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _routes(rule: str, **kw):
     """Register a view under /models/<name>{rule} and /models/<name>/versions/<v>{rule}."""
+
     def wrap(view):
         bp.add_url_rule(f"/models/<name>{rule}", view_func=view, defaults={"version": None}, **kw)
-        bp.add_url_rule(f"/models/<name>/versions/<int:version>{rule}",
-                        endpoint=f"{view.__name__}_versioned", view_func=view, **kw)
+        bp.add_url_rule(
+            f"/models/<name>/versions/<int:version>{rule}",
+            endpoint=f"{view.__name__}_versioned",
+            view_func=view,
+            **kw,
+        )
         return view
+
     return wrap
 
 
@@ -64,16 +71,28 @@ def layer_rows(runtime) -> list[dict]:
         config = layer.get_config()
         kind = type(layer).__name__
         role = roles.get(layer.name) or (
-            "input" if kind == "InputLayer" else "hidden" if layer.name in hidden
-            else "output" if layer.name == runtime.output_layer_name else "preprocessing")
-        rows.append({
-            "index": index, "name": layer.name, "type": kind, "role": role,
-            "hidden": layer.name in hidden,
-            "output_shape": runtime.layer_shapes.get(layer.name),
-            "activation": _activation_name(layer),
-            "units": config.get("units"), "filters": config.get("filters"),
-            "params": int(layer.count_params()) if layer.built else 0,
-        })
+            "input"
+            if kind == "InputLayer"
+            else "hidden"
+            if layer.name in hidden
+            else "output"
+            if layer.name == runtime.output_layer_name
+            else "preprocessing"
+        )
+        rows.append(
+            {
+                "index": index,
+                "name": layer.name,
+                "type": kind,
+                "role": role,
+                "hidden": layer.name in hidden,
+                "output_shape": runtime.layer_shapes.get(layer.name),
+                "activation": _activation_name(layer),
+                "units": config.get("units"),
+                "filters": config.get("filters"),
+                "params": int(layer.count_params()) if layer.built else 0,
+            }
+        )
     with _cache_lock:
         _layer_rows[runtime] = rows
     return rows
@@ -95,20 +114,27 @@ def resolve_layer(runtime, spec, where: str = "layer") -> str:
             return names[spec]
         raise LayerNotFound(
             f"model {runtime.name!r} version {runtime.version} has no layer index {spec} "
-            f"(indices 0..{len(names) - 1}); available layers: {_available(runtime)}")
+            f"(indices 0..{len(names) - 1}); available layers: {_available(runtime)}"
+        )
     if spec not in names:
         raise LayerNotFound(
             f"model {runtime.name!r} version {runtime.version} has no layer {spec!r}; "
-            f"available layers: {_available(runtime)}")
+            f"available layers: {_available(runtime)}"
+        )
     return spec
 
 
 @_routes("/layers", methods=["GET"])
 def layers(name: str, version: int | None):
     runtime = resolve(name, version)
-    return jsonify({"model": runtime.name, "version": runtime.version,
-                    "layers": layer_rows(runtime),
-                    "hidden_layers": runtime.hidden_layer_names})
+    return jsonify(
+        {
+            "model": runtime.name,
+            "version": runtime.version,
+            "layers": layer_rows(runtime),
+            "hidden_layers": runtime.hidden_layer_names,
+        }
+    )
 
 
 # -- request decoding ----------------------------------------------------------------------
@@ -118,11 +144,11 @@ def _decode(runtime) -> tuple[np.ndarray, dict]:
     cfg = settings()
     if inputs.is_multipart(request):
         inputs.check_size(request, cfg.max_body_bytes)
-        x = inputs.read_multipart_images(request, runtime, cfg.max_batch_size,
-                                         cfg.max_image_pixels)
+        x = inputs.read_multipart_images(request, runtime, cfg.max_batch_size, cfg.max_image_pixels)
         return x, request.args.to_dict()
-    body = inputs.read_json(request, cfg.max_body_bytes,
-                            allow_multipart=runtime.input_kind == "image")
+    body = inputs.read_json(
+        request, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image"
+    )
     instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
     return inputs.decode_for_model(instances, runtime, cfg.max_image_pixels), body
 
@@ -143,10 +169,13 @@ def _layer_list(runtime, options: dict) -> list[str]:
     if isinstance(spec, (str, int)) and not isinstance(spec, bool):
         spec = [spec]
     if not isinstance(spec, list) or not spec:
-        raise InvalidInput(f"'layers' is {spec!r}; expected a non-empty array of layer names "
-                           f"or indices (omit it for every hidden layer)")
-    return list(dict.fromkeys(resolve_layer(runtime, s, f"layers[{i}]")
-                              for i, s in enumerate(spec)))
+        raise InvalidInput(
+            f"'layers' is {spec!r}; expected a non-empty array of layer names "
+            f"or indices (omit it for every hidden layer)"
+        )
+    return list(
+        dict.fromkeys(resolve_layer(runtime, s, f"layers[{i}]") for i, s in enumerate(spec))
+    )
 
 
 def _include(options: dict) -> set[str]:
@@ -167,15 +196,18 @@ def activations(name: str, version: int | None):
     include = _include(options)
     top_k = _int_option(options, "top_k", DEFAULT_TOP_K, 1, MAX_TOP_K)
     try:
-        result = compute(runtime, x, wanted, endpoint="activations",
-                         budget="values" in include)
+        result = compute(runtime, x, wanted, endpoint="activations", budget="values" in include)
     except PayloadTooLarge as exc:
-        raise PayloadTooLarge(f'{exc.message}; send "include": ["stats"] to get the '
-                              "statistics without the values") from None
+        raise PayloadTooLarge(
+            f'{exc.message}; send "include": ["stats"] to get the statistics without the values'
+        ) from None
     by_name = {layer.name: layer for layer in runtime.model.layers}
     acts = {n: _activation_name(by_name[n]) for n in wanted}
-    per_layer_stats = {n: stats.instance_stats(result.layers[n], acts[n], top_k)
-                       for n in wanted} if "stats" in include else {}
+    per_layer_stats = (
+        {n: stats.instance_stats(result.layers[n], acts[n], top_k) for n in wanted}
+        if "stats" in include
+        else {}
+    )
     instances = []
     for i in range(len(x)):
         entry = {}
@@ -187,13 +219,18 @@ def activations(name: str, version: int | None):
             if "stats" in include:
                 item["stats"] = per_layer_stats[n][i]
             entry[n] = item
-        instances.append({"prediction": format_prediction(runtime, result.probabilities[i]),
-                          "layers": entry})
-    return jsonify({
-        "model": runtime.name, "version": runtime.version, "layers": wanted,
-        "inactive_rules": {n: stats.inactive_rule(acts[n]) for n in wanted},
-        "instances": instances,
-    })
+        instances.append(
+            {"prediction": format_prediction(runtime, result.probabilities[i]), "layers": entry}
+        )
+    return jsonify(
+        {
+            "model": runtime.name,
+            "version": runtime.version,
+            "layers": wanted,
+            "inactive_rules": {n: stats.inactive_rule(acts[n]) for n in wanted},
+            "instances": instances,
+        }
+    )
 
 
 # -- reference statistics ---------------------------------------------------------------
@@ -211,7 +248,9 @@ def _reference(runtime) -> tuple[np.ndarray, np.ndarray | None]:
     except (OSError, KeyError, ValueError) as exc:
         raise LayerscopeError(
             f"model {runtime.name!r} version {runtime.version} has no usable reference sample "
-            f"(reference.npz with key 'x'): {exc}", 404) from None
+            f"(reference.npz with key 'x'): {exc}",
+            404,
+        ) from None
     with _cache_lock:
         _references[runtime] = (x, y)
     return x, y
@@ -219,12 +258,15 @@ def _reference(runtime) -> tuple[np.ndarray, np.ndarray | None]:
 
 def reference_stats(runtime) -> dict[str, dict]:
     """Per-unit statistics of every computed layer over the reference sample, cached."""
+
     def compute_all():
         x, _ = _reference(runtime)
         names = [n for n in runtime.layer_names if n in set(runtime.output_layer_names)]
         by_name = {layer.name: layer for layer in runtime.model.layers}
         return stats.compute_reference_stats(
-            runtime.activations, x, names, {n: _activation_name(by_name[n]) for n in names})
+            runtime.activations, x, names, {n: _activation_name(by_name[n]) for n in names}
+        )
+
     return _reference_stats.get(runtime, compute_all)
 
 
@@ -234,12 +276,22 @@ def layer_stats(name: str, version: int | None, layer: str):
     layer_name = resolve_layer(runtime, layer)
     table = reference_stats(runtime)
     if layer_name not in table:
-        raise InvalidInput(f"layer {layer_name!r} is the model input; reference statistics "
-                           f"exist for the computed layers: {', '.join(table)}")
+        raise InvalidInput(
+            f"layer {layer_name!r} is the model input; reference statistics "
+            f"exist for the computed layers: {', '.join(table)}"
+        )
     row = next(r for r in layer_rows(runtime) if r["name"] == layer_name)
-    return jsonify({"model": runtime.name, "version": runtime.version, "layer": layer_name,
-                    "type": row["type"], "activation": row["activation"],
-                    "output_shape": row["output_shape"], **table[layer_name]})
+    return jsonify(
+        {
+            "model": runtime.name,
+            "version": runtime.version,
+            "layer": layer_name,
+            "type": row["type"],
+            "activation": row["activation"],
+            "output_shape": row["output_shape"],
+            **table[layer_name],
+        }
+    )
 
 
 # -- samples -----------------------------------------------------------------------------
@@ -258,19 +310,37 @@ def samples(name: str, version: int | None):
         if features:
             item["features"] = dict(zip(features, (float(v) for v in x[i]), strict=True))
         out.append(item)
-    return jsonify({"model": runtime.name, "version": runtime.version, "total": len(x),
-                    "input": runtime.metadata["input"], "samples": out})
+    return jsonify(
+        {
+            "model": runtime.name,
+            "version": runtime.version,
+            "total": len(x),
+            "input": runtime.metadata["input"],
+            "samples": out,
+        }
+    )
 
 
 # -- attributions ------------------------------------------------------------------------
+def explainers(runtime) -> attribution.Explainers:
+    """The version's compiled attribution functions (built on first use, freed with it)."""
+    with _cache_lock:
+        hit = _explainers.get(runtime)
+        if hit is None:
+            hit = _explainers[runtime] = attribution.Explainers(runtime.model)
+        return hit
+
+
 def _classes(runtime, spec, n: int) -> np.ndarray:
     """Explained class per instance: -1 (predicted) for null/"predicted", else an index or
     a class name; one value for all instances or a list of n."""
     names = runtime.class_names
     items = spec if isinstance(spec, list) else [spec] * n
     if len(items) != n:
-        raise InvalidInput(f"'class' has {len(items)} entries for {n} instances; expected one "
-                           "class for all or one per instance")
+        raise InvalidInput(
+            f"'class' has {len(items)} entries for {n} instances; expected one "
+            "class for all or one per instance"
+        )
     out = []
     for item in items:
         if item is None or item == "predicted":
@@ -282,8 +352,10 @@ def _classes(runtime, spec, n: int) -> np.ndarray:
         elif isinstance(item, int) and not isinstance(item, bool) and 0 <= item < len(names):
             out.append(item)
         else:
-            raise InvalidInput(f"'class' is {item!r}; expected null (the predicted class), a "
-                               f"class index 0..{len(names) - 1} or one of {names}")
+            raise InvalidInput(
+                f"'class' is {item!r}; expected null (the predicted class), a "
+                f"class index 0..{len(names) - 1} or one of {names}"
+            )
     return np.asarray(out, dtype=np.int32)
 
 
@@ -304,8 +376,10 @@ def _baseline(runtime, spec) -> tuple[np.ndarray, str]:
     if isinstance(spec, (list, dict)):
         x = inputs.decode_for_model([spec], runtime, settings().max_image_pixels, "baseline")
         return x[0], "custom"
-    raise InvalidInput(f"'baseline' is {spec!r}; expected \"reference_mean\", \"zeros\" or one "
-                       "instance in the same format as 'instances'")
+    raise InvalidInput(
+        f'\'baseline\' is {spec!r}; expected "reference_mean", "zeros" or one '
+        "instance in the same format as 'instances'"
+    )
 
 
 def explain_batch(runtime, x: np.ndarray, options: dict) -> tuple[str, dict, list[dict]]:
@@ -313,8 +387,9 @@ def explain_batch(runtime, x: np.ndarray, options: dict) -> tuple[str, dict, lis
     default = "gradcam" if runtime.input_kind == "image" else "integrated_gradients"
     method = options.get("method", default)
     if method not in ("gradcam", "integrated_gradients"):
-        raise InvalidInput(f"'method' is {method!r}; expected 'gradcam' (image models) or "
-                           "'integrated_gradients'")
+        raise InvalidInput(
+            f"'method' is {method!r}; expected 'gradcam' (image models) or 'integrated_gradients'"
+        )
     cls = _classes(runtime, options.get("class"), len(x))
     threshold = 0.5 if runtime.threshold is None else float(runtime.threshold)
     names = runtime.class_names
@@ -323,44 +398,66 @@ def explain_batch(runtime, x: np.ndarray, options: dict) -> tuple[str, dict, lis
         layer = options.get("layer")
         layer = None if layer is None else resolve_layer(runtime, layer)
         try:
-            fn = attribution.gradcam_for(runtime.model, layer)
+            fn = explainers(runtime).gradcam(layer)
         except ValueError as exc:
             raise InvalidInput(str(exc)) from None
         out = fn(x, cls, threshold)
         probs = runtime.probabilities(out["probs"])
         for i in range(len(x)):
             c = int(out["class"][i])
-            results.append({"class_index": c, "label": names[c], "probability": float(probs[i, c]),
-                            "prediction": format_prediction(runtime, probs[i]),
-                            "heatmap": out["cam"][i], "heatmap_input": out["cam_input"][i]})
+            results.append(
+                {
+                    "class_index": c,
+                    "label": names[c],
+                    "probability": float(probs[i, c]),
+                    "prediction": format_prediction(runtime, probs[i]),
+                    "heatmap": out["cam"][i],
+                    "heatmap_input": out["cam_input"][i],
+                }
+            )
         return method, {"layer": fn.layer}, results
     steps = _int_option(options, "steps", DEFAULT_STEPS, 1, attribution.MAX_STEPS)
     size = int(np.prod(runtime.input_shape))
     if len(x) * (steps + 1) * size > MAX_IG_VALUES:
-        raise InvalidInput(f"{len(x)} instances x {steps + 1} path points x {size} inputs "
-                           f"exceeds {MAX_IG_VALUES} values; send fewer instances or steps")
+        raise InvalidInput(
+            f"{len(x)} instances x {steps + 1} path points x {size} inputs "
+            f"exceeds {MAX_IG_VALUES} values; send fewer instances or steps"
+        )
     baseline, kind = _baseline(runtime, options.get("baseline"))
-    out = attribution.ig_for(runtime.model)(x, baseline, cls, steps=steps, threshold=threshold)
+    ig = explainers(runtime).integrated_gradients()
+    out = ig(x, baseline, cls, steps=steps, threshold=threshold)
     probs = runtime.probabilities(out["probs"])
     features = runtime.metadata["input"].get("features")
     for i in range(len(x)):
         c = int(out["class"][i])
         attr = out["attributions"][i]
         rel = float(out["relative_error"][i])
-        results.append({
-            "class_index": c, "label": names[c], "probability": float(out["f_x"][i]),
-            "prediction": format_prediction(runtime, probs[i]),
-            "attributions": dict(zip(features, attr.tolist(), strict=True))
-            if features and attr.ndim == 1 else attr,
-            "completeness": {
-                "sum_of_attributions": float(out["sum"][i]),
-                "f_x": float(out["f_x"][i]), "f_baseline": float(out["f_baseline"][i]),
-                "f_x_minus_f_baseline": float(out["delta"][i]),
-                "absolute_error": float(out["absolute_error"][i]),
-                "relative_error": rel, "within_5_percent": bool(rel <= 0.05)},
-        })
-    summary = {"baseline": kind, "baseline_values": baseline, "steps": steps,
-               "explained_function": "probability of the explained class"}
+        results.append(
+            {
+                "class_index": c,
+                "label": names[c],
+                "probability": float(out["f_x"][i]),
+                "prediction": format_prediction(runtime, probs[i]),
+                "attributions": dict(zip(features, attr.tolist(), strict=True))
+                if features and attr.ndim == 1
+                else attr,
+                "completeness": {
+                    "sum_of_attributions": float(out["sum"][i]),
+                    "f_x": float(out["f_x"][i]),
+                    "f_baseline": float(out["f_baseline"][i]),
+                    "f_x_minus_f_baseline": float(out["delta"][i]),
+                    "absolute_error": float(out["absolute_error"][i]),
+                    "relative_error": rel,
+                    "within_5_percent": bool(rel <= 0.05),
+                },
+            }
+        )
+    summary = {
+        "baseline": kind,
+        "baseline_values": baseline,
+        "steps": steps,
+        "explained_function": "probability of the explained class",
+    }
     return method, summary, results
 
 
@@ -369,8 +466,15 @@ def explain(name: str, version: int | None):
     runtime = resolve(name, version)
     x, options = _decode(runtime)
     method, summary, results = explain_batch(runtime, x, options)
-    return jsonify({"model": runtime.name, "version": runtime.version, "method": method,
-                    **summary, "instances": results})
+    return jsonify(
+        {
+            "model": runtime.name,
+            "version": runtime.version,
+            "method": method,
+            **summary,
+            "instances": results,
+        }
+    )
 
 
 # -- pictures ----------------------------------------------------------------------------

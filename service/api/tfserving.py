@@ -17,11 +17,11 @@ from flask import Blueprint, jsonify, request
 from service import inputs
 from service.api import compute, repository, resolve, settings
 from service.errors import InvalidInput
-from service.repository import FAILED, LOADING, READY
+from service.repository import FAILED, LOADING, READY, SKIPPED
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1")
 
-STATES = {LOADING: "LOADING", READY: "AVAILABLE", FAILED: "END"}
+STATES = {LOADING: "LOADING", READY: "AVAILABLE", FAILED: "END", SKIPPED: "END"}
 SIGNATURE = "serving_default"
 
 
@@ -30,7 +30,7 @@ def _status(state) -> dict:
         code = "DATA_LOSS" if "checksum" in (state.reason or "") else "UNKNOWN"
         status = {"error_code": code, "error_message": state.reason or ""}
     else:
-        status = {"error_code": "OK", "error_message": ""}
+        status = {"error_code": "OK", "error_message": state.reason or ""}
     return {"version": str(state.version), "state": STATES[state.status], "status": status}
 
 

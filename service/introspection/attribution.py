@@ -1,7 +1,7 @@
 """Attributions: Grad-CAM for image models, integrated gradients for tabular models.
 
 Both are compiled ``tf.function``s with a ``None`` batch dimension, built once per
-(loaded model, layer) and cached on the model object (:func:`gradcam_for`, :func:`ig_for`).
+(loaded version, layer) and kept in that version's :class:`Explainers`.
 
 Class scores
     Grad-CAM differentiates the *logit* of the explained class when the output layer is a
@@ -25,15 +25,10 @@ Integrated gradients
 from __future__ import annotations
 
 import threading
-import weakref
 
 import keras
 import numpy as np
 import tensorflow as tf
-
-_lock = threading.Lock()
-_gradcam_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_ig_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 MAX_STEPS = 512
 
@@ -233,19 +228,28 @@ class IntegratedGradients:
         }
 
 
-def gradcam_for(model: keras.Model, layer: str | None = None) -> GradCam:
-    """The cached Grad-CAM of ``model`` for ``layer`` (default: last conv layer)."""
-    layer = layer or last_conv_layer(model)
-    with _lock:
-        per_model = _gradcam_cache.setdefault(model, {})
-        if layer not in per_model:
-            per_model[layer] = GradCam(model, layer)
-        return per_model[layer]
+class Explainers:
+    """The compiled attribution functions of one loaded model, each built on first use.
 
+    Hold one per loaded version (the service keys it weakly by runtime); it references only
+    the model, so an unloaded version is freed with its functions."""
 
-def ig_for(model: keras.Model) -> IntegratedGradients:
-    """The cached integrated-gradients function of ``model``."""
-    with _lock:
-        if model not in _ig_cache:
-            _ig_cache[model] = IntegratedGradients(model)
-        return _ig_cache[model]
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+        self._lock = threading.Lock()
+        self._gradcam: dict[str, GradCam] = {}
+        self._ig: IntegratedGradients | None = None
+
+    def gradcam(self, layer: str | None = None) -> GradCam:
+        """Grad-CAM for ``layer`` (default: the last convolutional layer)."""
+        layer = layer or last_conv_layer(self.model)
+        with self._lock:
+            if layer not in self._gradcam:
+                self._gradcam[layer] = GradCam(self.model, layer)
+            return self._gradcam[layer]
+
+    def integrated_gradients(self) -> IntegratedGradients:
+        with self._lock:
+            if self._ig is None:
+                self._ig = IntegratedGradients(self.model)
+            return self._ig

@@ -99,10 +99,10 @@ def instance_stats(values: np.ndarray, activation: str | None, top_k: int = 5) -
 
 def reference_unit_stats(values: np.ndarray, activation: str | None) -> dict:
     """Per-unit statistics of one layer over a reference batch ``values`` (N, ..., units)."""
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(values)
     n = values.shape[0]
     units = values.shape[-1] if values.ndim > 1 else 1
-    flat = values.reshape(n, -1, units)
+    flat = values.reshape(n, -1, units)  # no float64 copy: accumulate in float64 instead
     active_on_sample = (~inactive_mask(flat, activation)).any(axis=1)  # (N, units)
     active_fraction = active_on_sample.mean(axis=0)
     dead = np.flatnonzero(active_fraction == 0)
@@ -113,8 +113,8 @@ def reference_unit_stats(values: np.ndarray, activation: str | None) -> dict:
         "dead_fraction": _f(len(dead) / units),
         "dead_units": [int(j) for j in dead],
         "per_unit": {
-            "mean": [_f(v) for v in flat.mean(axis=(0, 1))],
-            "std": [_f(v) for v in flat.std(axis=(0, 1))],
+            "mean": [_f(v) for v in flat.mean(axis=(0, 1), dtype=np.float64)],
+            "std": [_f(v) for v in flat.std(axis=(0, 1), dtype=np.float64)],
             "min": [_f(v) for v in flat.min(axis=(0, 1))],
             "max": [_f(v) for v in flat.max(axis=(0, 1))],
             "active_fraction": [_f(v) for v in active_fraction],
@@ -138,10 +138,10 @@ def compute_reference_stats(
         got = activations(x[start : start + batch_size], list(layers))
         for name in layers:
             chunks[name].append(np.asarray(got[name]))
-    return {
-        name: reference_unit_stats(np.concatenate(chunks[name]), activation_of.get(name))
-        for name in layers
-    }
+    out = {}
+    for name in layers:  # one layer's float copy at a time
+        out[name] = reference_unit_stats(np.concatenate(chunks.pop(name)), activation_of.get(name))
+    return out
 
 
 class ReferenceStatsCache:

@@ -389,7 +389,11 @@ async function run() {
   try {
     const [acts, expl] = await Promise.all([
       api(`${base}/activations`, { instances: [instance], include: ["values", "stats"] }),
-      api(`${base}/explain`, { instances: [instance] }),
+      // binary models: explain the positive class (fraud), not whichever class won
+      api(`${base}/explain`, {
+        instances: [instance],
+        class: state.meta.task === "binary_classification" ? state.meta.class_names[1] : null,
+      }),
     ]);
     if (id !== state.runId) return;
     renderPrediction(acts.instances[0].prediction);

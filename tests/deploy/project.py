@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Environment variables read by third-party software inside the containers.
 THIRD_PARTY_ENV = {
-    "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "PIP_NO_CACHE_DIR",
-    "PIP_DISABLE_PIP_VERSION_CHECK", "TF_CPP_MIN_LOG_LEVEL", "CUDA_VISIBLE_DEVICES",
+    "PATH",
+    "PYTHONDONTWRITEBYTECODE",
+    "PYTHONUNBUFFERED",
+    "PIP_NO_CACHE_DIR",
+    "PIP_DISABLE_PIP_VERSION_CHECK",
+    "TF_CPP_MIN_LOG_LEVEL",
+    "CUDA_VISIBLE_DEVICES",
     "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client; set and emptied by the entrypoint
 }
 
@@ -43,8 +48,9 @@ def url_rules(tmp_repo: str) -> frozenset[str]:
     """Every URL rule of the real app (an empty repository, nothing loaded)."""
     from service import create_app
 
-    app = create_app({"model_repository": tmp_repo, "load_in_background": False,
-                      "poll_interval": 0})
+    app = create_app(
+        {"model_repository": tmp_repo, "load_in_background": False, "poll_interval": 0}
+    )
     return frozenset(rule.rule for rule in app.url_map.iter_rules())
 
 

@@ -91,6 +91,7 @@ def test_stack_shape(compose):
     graf = environment(services["grafana"])
     assert graf["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert graf["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
     # trainer and service share the named models volume, mounted where the image expects
     def volume_targets(svc: dict) -> dict[str, str]:
         out = {}
@@ -256,7 +257,10 @@ def test_dockerfile_installs_the_pinned_project_dependencies(docker):
     runs = " ".join(args for kw, args in docker if kw == "RUN")
     assert "scripts/requirements.py" in runs and "pip install -r requirements.txt" in runs
     pins = subprocess.run(
-        [sys.executable, "scripts/requirements.py"], cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "scripts/requirements.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         check=True,
     ).stdout.split()
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[0-9][0-9A-Za-z.+-]*", p) for p in pins)

@@ -30,6 +30,7 @@ def test_entrypoint_empties_the_metrics_dir_and_serves(tmp_path):
     keep.write_text("not a metrics file")
     server.start()
     try:
+
         def alive():
             assert server.proc.poll() is None, server.log()
             return requests.get(f"{server.url}/healthz", timeout=2).status_code == 200
@@ -57,7 +58,9 @@ def test_train_missing_skips_models_that_have_a_version(tmp_path):
     result = subprocess.run(
         [str(TRAIN_MISSING), "fraud"],
         env={**os.environ, "LAYERSCOPE_MODEL_REPOSITORY": str(repo)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert "fraud already has a version" in result.stdout
@@ -70,7 +73,9 @@ def test_train_missing_refuses_a_model_without_config(tmp_path):
     result = subprocess.run(
         [str(TRAIN_MISSING), "nosuchmodel"],
         env={**os.environ, "LAYERSCOPE_MODEL_REPOSITORY": str(repo)},
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert "nosuchmodel/model.yaml" in result.stderr
@@ -83,8 +88,12 @@ def test_train_missing_trains_a_missing_model(tmp_path):
     config = yaml.safe_load((ROOT / "tests" / "configs" / "digits.yaml").read_text())
     config["training"]["epochs"] = 1
     (repo / "digits" / "model.yaml").write_text(yaml.safe_dump(config))
-    env = {**os.environ, "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
-           "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     result = subprocess.run(
         [str(TRAIN_MISSING), "digits"], env=env, capture_output=True, text=True, timeout=600
     )

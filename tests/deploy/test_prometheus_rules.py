@@ -44,7 +44,10 @@ def test_rule_unit_tests_detect_a_broken_rule(tmp_path):
     (tmp_path / "alerts.yml").write_text(rules.replace("ratio_rate5m > 0.05", "ratio_rate5m > 0.5"))
     result = subprocess.run(
         ["promtool", "test", "rules", "alerts_test.yml"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "LayerscopeHighErrorRatio" in result.stdout + result.stderr
@@ -63,5 +66,9 @@ def test_every_alert_has_a_unit_test():
         if case.get("exp_alerts")
     }
     assert alerts == tested
-    assert {"LayerscopeHighErrorRatio", "LayerscopeLatencyObjectiveMissed",
-            "LayerscopeModelNotReady", "LayerscopeActivationDrift"} <= alerts
+    assert {
+        "LayerscopeHighErrorRatio",
+        "LayerscopeLatencyObjectiveMissed",
+        "LayerscopeModelNotReady",
+        "LayerscopeActivationDrift",
+    } <= alerts

@@ -10,14 +10,16 @@ import pytest
 from PIL import Image
 
 from service.introspection import pictures
-from tests.introspection.conftest import FEATURES, patch_images, transactions
+
+from .helpers import FEATURES, patch_images, transactions
 
 
 def _app(repo, **extra):
     from service import create_app
 
-    app = create_app({"model_repository": str(repo), "load_in_background": False,
-                      "poll_interval": 0, **extra})
+    app = create_app(
+        {"model_repository": str(repo), "load_in_background": False, "poll_interval": 0, **extra}
+    )
     app.testing = True
     return app
 
@@ -50,7 +52,11 @@ def test_layer_table(client, path):
     assert [r["index"] for r in body["layers"]] == list(range(len(body["layers"])))
     conv = table["conv2d_1"]
     assert (conv["type"], conv["activation"], conv["filters"], conv["hidden"]) == (
-        "Conv2D", "relu", 4, True)
+        "Conv2D",
+        "relu",
+        4,
+        True,
+    )
     assert conv["output_shape"] == [None, 28, 28, 4]
     assert conv["params"] == 3 * 3 * 1 * 4 + 4
     assert table["dense_1"]["units"] == 16
@@ -79,9 +85,17 @@ def test_activations_default_is_every_hidden_layer_and_equals_keras(client, repo
 
 def test_layers_by_name_and_index_stats_only(client, images):
     x = images[0][:2]
-    body = _ok(client.post("/models/patch/versions/1/activations", json={
-        "instances": x.tolist(), "layers": ["conv2d_2", 1], "include": ["stats"],
-        "top_k": 3}))
+    body = _ok(
+        client.post(
+            "/models/patch/versions/1/activations",
+            json={
+                "instances": x.tolist(),
+                "layers": ["conv2d_2", 1],
+                "include": ["stats"],
+                "top_k": 3,
+            },
+        )
+    )
     assert body["layers"] == ["conv2d_2", "rescaling"]
     layer = body["instances"][1]["layers"]["conv2d_2"]
     assert layer["shape"] == [14, 14, 8] and "values" not in layer
@@ -90,12 +104,15 @@ def test_layers_by_name_and_index_stats_only(client, images):
 
 
 def test_unknown_layer_is_404_listing_the_layers(client, rows):
-    resp = client.post("/models/txn/activations",
-                       json={"instances": rows.tolist(), "layers": ["dense_9"]})
+    resp = client.post(
+        "/models/txn/activations", json={"instances": rows.tolist(), "layers": ["dense_9"]}
+    )
     msg = _ok(resp, 404)["error"]
     assert "'dense_9'" in msg and "dense_1" in msg and "output" in msg
-    msg = _ok(client.post("/models/txn/activations",
-                          json={"instances": rows.tolist(), "layers": [99]}), 404)["error"]
+    msg = _ok(
+        client.post("/models/txn/activations", json={"instances": rows.tolist(), "layers": [99]}),
+        404,
+    )["error"]
     assert "99" in msg and "dense_1" in msg
     assert _ok(client.get("/models/txn/layers/nope/stats"), 404)["error"].count("dense_1") == 1
 
@@ -105,8 +122,9 @@ def test_value_cap_is_413_with_a_stats_hint(repo, images):
     x = images[0][:1].tolist()
     msg = _ok(client.post("/models/patch/activations", json={"instances": x}), 413)["error"]
     assert "1000" in msg and '"include": ["stats"]' in msg
-    body = _ok(client.post("/models/patch/activations",
-                           json={"instances": x, "include": ["stats"]}))
+    body = _ok(
+        client.post("/models/patch/activations", json={"instances": x, "include": ["stats"]})
+    )
     assert "values" not in body["instances"][0]["layers"]["conv2d_1"]
 
 
@@ -132,10 +150,12 @@ def test_bad_activation_requests_are_400(client, rows, patch, needle):
 
 
 def test_malformed_json_and_wrong_type(client):
-    assert _ok(client.post("/models/txn/activations", data="{nope",
-                           content_type="application/json"), 400)["error"]
-    assert _ok(client.post("/models/txn/activations", data="x", content_type="text/plain"),
-               415)["error"]
+    assert _ok(
+        client.post("/models/txn/activations", data="{nope", content_type="application/json"), 400
+    )["error"]
+    assert _ok(client.post("/models/txn/activations", data="x", content_type="text/plain"), 415)[
+        "error"
+    ]
     assert _ok(client.post("/models/nope/activations", json={"instances": []}), 404)["error"]
 
 
@@ -170,37 +190,69 @@ def test_explain_gradcam(client, images):
     for inst, q in zip(body["instances"], quad[pick], strict=True):
         assert inst["label"] == "patch"
         heat = np.asarray(inst["heatmap_input"])
-        mass = [heat[:14, :14].sum(), heat[:14, 14:].sum(), heat[14:, :14].sum(),
-                heat[14:, 14:].sum()]
+        mass = [
+            heat[:14, :14].sum(),
+            heat[:14, 14:].sum(),
+            heat[14:, :14].sum(),
+            heat[14:, 14:].sum(),
+        ]
         assert int(np.argmax(mass)) == q
-    chosen = _ok(client.post("/models/patch/explain", json={
-        "instances": x[:1].tolist(), "class": "empty", "layer": "conv2d_1"}))
+    chosen = _ok(
+        client.post(
+            "/models/patch/explain",
+            json={"instances": x[:1].tolist(), "class": "empty", "layer": "conv2d_1"},
+        )
+    )
     assert chosen["layer"] == "conv2d_1" and chosen["instances"][0]["class_index"] == 0
     assert np.asarray(chosen["instances"][0]["heatmap"]).shape == (28, 28)
 
 
 def test_explain_integrated_gradients_reports_completeness(client, repo):
     x = transactions(16, seed=13)[0]
-    body = _ok(client.post("/models/txn/explain",
-                           json={"instances": x.tolist(), "class": "fraud", "steps": 64}))
+    body = _ok(
+        client.post(
+            "/models/txn/explain", json={"instances": x.tolist(), "class": "fraud", "steps": 64}
+        )
+    )
     assert body["method"] == "integrated_gradients" and body["baseline"] == "reference_mean"
     ref = np.load(repo / "txn" / "1" / "reference.npz")["x"]
     np.testing.assert_allclose(body["baseline_values"], ref.mean(axis=0), rtol=1e-5)
     for inst in body["instances"]:
         c = inst["completeness"]
         assert list(inst["attributions"]) == FEATURES
-        assert c["sum_of_attributions"] == pytest.approx(sum(inst["attributions"].values()),
-                                                         abs=1e-5)
+        assert c["sum_of_attributions"] == pytest.approx(
+            sum(inst["attributions"].values()), abs=1e-5
+        )
         assert c["f_x_minus_f_baseline"] == pytest.approx(c["f_x"] - c["f_baseline"], abs=1e-6)
         if abs(c["f_x_minus_f_baseline"]) > 0.05:
             assert c["relative_error"] < 0.05 and c["within_5_percent"]
-    zeros = _ok(client.post("/models/txn/explain", json={
-        "instances": x[:1].tolist(), "baseline": "zeros", "class": 1}))
+    zeros = _ok(
+        client.post(
+            "/models/txn/explain",
+            json={"instances": x[:1].tolist(), "baseline": "zeros", "class": 1},
+        )
+    )
     assert zeros["baseline"] == "zeros"
     named = dict(zip(FEATURES, x[0].tolist(), strict=True))
-    custom = _ok(client.post("/models/txn/explain", json={
-        "instances": x[:1].tolist(), "baseline": named}))
+    custom = _ok(
+        client.post("/models/txn/explain", json={"instances": x[:1].tolist(), "baseline": named})
+    )
     assert custom["instances"][0]["completeness"]["f_x_minus_f_baseline"] == pytest.approx(0)
+
+
+def test_integrated_gradients_on_an_image_model(client, images):
+    x = images[0][1:2]
+    body = _ok(
+        client.post(
+            "/models/patch/explain",
+            json={"instances": x.tolist(), "method": "integrated_gradients", "steps": 32},
+        )
+    )
+    assert body["baseline"] == "zeros" and body["steps"] == 32
+    inst = body["instances"][0]
+    attr = np.asarray(inst["attributions"])
+    assert attr.shape == (28, 28, 1)
+    assert inst["completeness"]["sum_of_attributions"] == pytest.approx(attr.sum(), rel=1e-4)
 
 
 def test_reference_stats_endpoint(client, runtimes):
@@ -244,8 +296,12 @@ def test_png_endpoints(client, images, rows):
     assert grid.size == pictures.grid_size(8)
     strip = _png(client.post("/models/patch/layers/dense_1/picture.png", json=one))
     assert strip.size == pictures.strip_size(16)
-    rows3 = _png(client.post("/models/txn/versions/1/layers/dense_1/picture.png",
-                             json={"instances": rows[:3].tolist()}))
+    rows3 = _png(
+        client.post(
+            "/models/txn/versions/1/layers/dense_1/picture.png",
+            json={"instances": rows[:3].tolist()},
+        )
+    )
     units = _ok(client.get("/models/txn/layers"))["layers"][2]["units"]  # dense_1
     assert rows3.size == pictures.strip_size(units, 3)
     cam = _png(client.post("/models/patch/explain.png", json=one))
@@ -253,27 +309,44 @@ def test_png_endpoints(client, images, rows):
     bars = _png(client.post("/models/txn/explain.png", json={"instances": rows[:1].tolist()}))
     assert bars.size == (pictures.BAR_WIDTH, 30 * pictures.BAR_ROW)
     two = {"instances": images[0][:2].tolist()}
-    assert "one instance" in _ok(client.post("/models/patch/layers/conv2d_1/picture.png",
-                                             json=two), 400)["error"]
+    assert (
+        "one instance"
+        in _ok(client.post("/models/patch/layers/conv2d_1/picture.png", json=two), 400)["error"]
+    )
 
 
 def test_picture_from_a_multipart_upload(client, images):
     buf = io.BytesIO()
     Image.fromarray(images[0][1, :, :, 0].astype(np.uint8), "L").save(buf, format="PNG")
-    resp = client.post("/models/patch/explain.png?class=patch",
-                       data={"image": (io.BytesIO(buf.getvalue()), "x.png")},
-                       content_type="multipart/form-data")
+    resp = client.post(
+        "/models/patch/explain.png?class=patch",
+        data={"image": (io.BytesIO(buf.getvalue()), "x.png")},
+        content_type="multipart/form-data",
+    )
     assert _png(resp).size == (pictures.OVERLAY, pictures.OVERLAY)
 
 
 def test_oip_outputs_layer_equals_native_activations(client, rows):
-    native = _ok(client.post("/models/txn/activations",
-                             json={"instances": rows.tolist(), "layers": ["dense_1"]}))
+    native = _ok(
+        client.post(
+            "/models/txn/activations", json={"instances": rows.tolist(), "layers": ["dense_1"]}
+        )
+    )
     want = np.array([inst["layers"]["dense_1"]["values"] for inst in native["instances"]])
-    v2 = client.post("/v2/models/txn/infer", json={
-        "inputs": [{"name": "input", "shape": list(rows.shape), "datatype": "FP32",
-                    "data": rows.reshape(-1).tolist()}],
-        "outputs": [{"name": "dense_1"}]})
+    v2 = client.post(
+        "/v2/models/txn/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(rows.shape),
+                    "datatype": "FP32",
+                    "data": rows.reshape(-1).tolist(),
+                }
+            ],
+            "outputs": [{"name": "dense_1"}],
+        },
+    )
     if v2.status_code == 404:
         pytest.skip("the V2 infer endpoint is not available")
     out = _ok(v2)["outputs"]

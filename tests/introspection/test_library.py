@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from service.introspection import attribution, pictures, stats
-from tests.introspection.conftest import patch_images, transactions
+
+from .helpers import FEATURES, patch_images, transactions
 
 
 @pytest.mark.parametrize("name", ["patch", "txn"])
@@ -50,7 +51,8 @@ def test_relu_inactive_fraction_equals_numpy_count(runtimes):
     conv = runtimes["patch"].activations(img, ["conv2d_1"])["conv2d_1"]
     got = stats.instance_stats(conv, "relu")
     assert [s["inactive_fraction"] for s in got] == pytest.approx(
-        [np.count_nonzero(c <= 0) / c.size for c in conv])
+        [np.count_nonzero(c <= 0) / c.size for c in conv]
+    )
 
 
 def test_top_k_and_other_activation_rules():
@@ -94,15 +96,21 @@ def test_reference_stats_are_computed_once_per_runtime(runtimes):
 
 def _quadrant_mass(cam: np.ndarray) -> np.ndarray:
     h, w = cam.shape
-    return np.array([cam[:h // 2, :w // 2].sum(), cam[:h // 2, w // 2:].sum(),
-                     cam[h // 2:, :w // 2].sum(), cam[h // 2:, w // 2:].sum()])
+    return np.array(
+        [
+            cam[: h // 2, : w // 2].sum(),
+            cam[: h // 2, w // 2 :].sum(),
+            cam[h // 2 :, : w // 2].sum(),
+            cam[h // 2 :, w // 2 :].sum(),
+        ]
+    )
 
 
 def test_gradcam_heat_lands_in_the_patch_quadrant(runtimes):
-    model = runtimes["patch"].model
+    explainers = attribution.Explainers(runtimes["patch"].model)
     x, y, quad = patch_images(16, seed=5)
     x, quad = x[y == 1], quad[y == 1]
-    cam = attribution.gradcam_for(model)  # default: last conv layer
+    cam = explainers.gradcam()  # default: last conv layer
     assert cam.layer == "conv2d_2"
     out = cam(x, np.full(len(x), 1, np.int32))
     assert out["cam_input"].shape == (len(x), 28, 28)
@@ -110,14 +118,14 @@ def test_gradcam_heat_lands_in_the_patch_quadrant(runtimes):
     hits = [int(np.argmax(_quadrant_mass(c))) for c in out["cam_input"]]
     assert hits == list(quad)
     # predicted class (-1) is the patch class on these images, and the function is cached
-    pred = attribution.gradcam_for(model, "conv2d_2")(x, np.full(len(x), -1, np.int32))
-    assert attribution.gradcam_for(model) is cam
+    pred = explainers.gradcam("conv2d_2")(x, np.full(len(x), -1, np.int32))
+    assert explainers.gradcam() is cam
     assert (pred["class"] == 1).all()
 
 
 def test_gradcam_rejects_a_flat_layer(runtimes):
     with pytest.raises(ValueError, match="flatten_1"):
-        attribution.gradcam_for(runtimes["patch"].model, "flatten_1")
+        attribution.Explainers(runtimes["patch"].model).gradcam("flatten_1")
 
 
 @pytest.mark.parametrize("baseline", ["mean", "zeros"])
@@ -127,7 +135,7 @@ def test_integrated_gradients_completeness(runtimes, baseline):
     ref = np.load(rt.path / "reference.npz")["x"]
     base = ref.mean(axis=0) if baseline == "mean" else np.zeros(30, np.float32)
     cls = np.where(np.arange(32) % 2, 1, -1).astype(np.int32)  # fraud, or the predicted class
-    out = attribution.ig_for(rt.model)(x, base, cls, steps=64)
+    out = attribution.Explainers(rt.model).integrated_gradients()(x, base, cls, steps=64)
     assert out["attributions"].shape == (32, 30)
     probs = rt.predict(x)
     assert (out["class"][1::2] == 1).all()
@@ -153,8 +161,7 @@ def test_picture_sizes():
     strip = _png(pictures.heat_strip(np.random.rand(1, 16)))
     assert strip.size == pictures.strip_size(16) == (512, 32)
     assert _png(pictures.heat_strip(np.random.rand(2, 1000))).size == (1000, 64)
-    overlay = _png(pictures.gradcam_overlay(np.random.rand(28, 28, 1) * 255,
-                                            np.random.rand(7, 7)))
+    overlay = _png(pictures.gradcam_overlay(np.random.rand(28, 28, 1) * 255, np.random.rand(7, 7)))
     assert overlay.size == (pictures.OVERLAY, pictures.OVERLAY)
     bars = _png(pictures.attribution_bars(["a", "b", "c"], np.array([1.0, -0.5, 0.0])))
     assert bars.size == (pictures.BAR_WIDTH, 3 * pictures.BAR_ROW)
@@ -163,3 +170,69 @@ def test_picture_sizes():
 def test_heat_strip_colours_follow_the_values():
     img = np.asarray(_png(pictures.heat_strip(np.array([[0.0, 1.0]]))))
     assert tuple(img[0, 0]) == (68, 1, 84) and tuple(img[0, -1]) == (253, 231, 37)
+
+
+@pytest.mark.parametrize("name", ["fraud", "fashion", "mnist"])
+def test_committed_default_configs_every_layer_equals_keras(tmp_path, name):
+    """The full-size default models (untrained) built from models/<name>/model.yaml."""
+    from service.runtime import KerasRuntime
+    from training.builder import build_model
+    from training.config import ModelConfig
+
+    from .helpers import ROOT, publish
+
+    path = ROOT / "models" / name / "model.yaml"
+    if not path.is_file():
+        pytest.skip(f"{path} is not committed yet")
+    cfg = ModelConfig.from_file(path)
+    tabular = cfg["input"] == "tabular"
+    x = transactions(3, seed=4)[0] if tabular else patch_images(3, seed=4)[0]
+    shape, classes = ((30,), 2) if tabular else ((28, 28, 1), 10)
+    model = build_model(
+        cfg,
+        input_shape=shape,
+        num_classes=classes,
+        adapt_data=transactions(200, seed=6)[0] if tabular else None,
+    )
+    spec = {"kind": cfg["input"], "shape": list(shape), "dtype": "float32"}
+    if tabular:
+        spec["features"] = FEATURES
+    publish(
+        tmp_path,
+        model,
+        name=name,
+        task=cfg.task,
+        input_spec=spec,
+        class_names=[str(i) for i in range(classes)],
+        ref_x=x,
+        ref_y=np.zeros(3),
+        config=cfg.get_config(),
+        threshold=0.5 if tabular else None,
+    )
+    rt = KerasRuntime(tmp_path / name / "1")
+    rt.load()
+    got = rt.activations(x, rt.layer_names)
+    for layer in model.layers:
+        want = np.asarray(keras.Model(model.inputs, layer.output)(x, training=False))
+        np.testing.assert_allclose(got[layer.name], want, atol=1e-5, rtol=0, err_msg=layer.name)
+    assert rt.hidden_layer_names == [h["name"] for h in cfg["hidden"]]
+
+
+def test_gradcam_on_a_one_unit_sigmoid_model():
+    """Binary image models: class 1 explains +logit, class 0 explains -logit."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((12, 12, 1), name="input")
+    h = keras.layers.Conv2D(3, 3, padding="same", activation="relu", name="conv2d_1")(inputs)
+    h = keras.layers.Flatten(name="flatten_1")(h)
+    out = keras.layers.Dense(1, activation="sigmoid", name="output")(h)
+    model = keras.Model(inputs, out)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 12, 12, 1)).astype(np.float32)
+    cam = attribution.Explainers(model).gradcam()
+    p = np.asarray(model(x))[:, 0]
+    pred = cam(x, np.full(4, -1, np.int32), threshold=0.5)
+    assert (pred["class"] == (p >= 0.5)).all()
+    one, zero = cam(x, np.ones(4, np.int32)), cam(x, np.zeros(4, np.int32))
+    assert one["cam"].shape == (4, 12, 12)
+    # the two class maps are ReLUs of opposite sums: where one is positive the other is 0
+    assert not np.any((one["cam"] > 1e-6) & (zero["cam"] > 1e-6))
+    assert max(one["cam"].max(), zero["cam"].max()) == pytest.approx(1.0)

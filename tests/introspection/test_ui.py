@@ -10,13 +10,23 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _free_port() -> int:
@@ -29,14 +39,27 @@ def _free_port() -> int:
 def server(repo, tmp_path_factory):
     port = _free_port()
     tmp = tmp_path_factory.mktemp("gunicorn")
-    env = {**os.environ, "LAYERSCOPE_HOST": "127.0.0.1", "LAYERSCOPE_PORT": str(port),
-           "LAYERSCOPE_MODEL_REPOSITORY": str(repo), "LAYERSCOPE_WORKERS": "2",
-           "LAYERSCOPE_THREADS": "2", "LAYERSCOPE_POLL_INTERVAL": "0",
-           "LAYERSCOPE_LOAD_IN_BACKGROUND": "false",  # a worker accepts only once loaded
-           "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"), "CUDA_VISIBLE_DEVICES": ""}
+    env = {
+        **os.environ,
+        "LAYERSCOPE_HOST": "127.0.0.1",
+        "LAYERSCOPE_PORT": str(port),
+        "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
+        "LAYERSCOPE_WORKERS": "2",
+        "LAYERSCOPE_THREADS": "2",
+        "LAYERSCOPE_POLL_INTERVAL": "0",
+        "LAYERSCOPE_LOAD_IN_BACKGROUND": "false",  # a worker accepts only once loaded
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([str(ROOT / "service" / "entrypoint.sh")], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(ROOT / "service" / "entrypoint.sh")],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline, streak = time.monotonic() + 180, 0
@@ -64,8 +87,7 @@ def _runs(page) -> int:
 
 
 def _wait_run(page, after: int) -> None:
-    page.wait_for_function(f"Number(document.body.dataset.runs || 0) > {after}",
-                           timeout=60_000)
+    page.wait_for_function(f"Number(document.body.dataset.runs || 0) > {after}", timeout=60_000)
 
 
 def _canvas_drawn(page, selector: str) -> bool:
@@ -77,15 +99,19 @@ def _canvas_drawn(page, selector: str) -> bool:
             const seen = new Set();
             for (let i = 0; i < d.length && seen.size < 2; i += 4) seen.add(d[i] + ',' + d[i+1]
                 + ',' + d[i+2]);
-            return seen.size > 1; })""", selector)
+            return seen.size > 1; })""",
+        selector,
+    )
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed")
-def test_explorer_page_in_chromium(server):
+def test_explorer_page_in_chromium(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    hidden = {m: requests.get(f"{server}/models/{m}/layers", timeout=10).json()["hidden_layers"]
-              for m in ("patch", "txn")}
+    hidden = {
+        m: requests.get(f"{server}/models/{m}/layers", timeout=10).json()["hidden_layers"]
+        for m in ("patch", "txn")
+    }
     problems: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -99,7 +125,9 @@ def test_explorer_page_in_chromium(server):
 
             # image model: prediction, one card per hidden layer, all drawn, Grad-CAM drawn
             assert page.locator("#prediction .pred-label").inner_text().split()[0] in (
-                "empty", "patch")
+                "empty",
+                "patch",
+            )
             cards = page.locator("#layers .layer")
             names = [cards.nth(i).get_attribute("data-layer") for i in range(cards.count())]
             assert names == hidden["patch"]
@@ -118,6 +146,15 @@ def test_explorer_page_in_chromium(server):
             _wait_run(page, runs)
             page.locator("#samples canvas").nth(1).click()
             _wait_run(page, runs + 1)
+            upload = tmp_path / "upload.png"  # a bright square, bottom right
+            pixels = np.zeros((28, 28), np.uint8)
+            pixels[17:24, 17:24] = 255
+            Image.fromarray(pixels, "L").save(upload)
+            page.set_input_files("#upload", str(upload))
+            _wait_run(page, runs + 2)
+            assert page.locator("#prediction .pred-label").inner_text().startswith("patch")
+            page.locator("#samples canvas").nth(1).click()
+            _wait_run(page, runs + 3)
             page.screenshot(path="/tmp/ui.png", full_page=True)
 
             # tabular model: pick a sample transaction, edit a feature, everything renders

@@ -31,8 +31,12 @@ def keras_models(repo):
 @pytest.fixture(scope="session")
 def app(repo):
     return create_app(
-        {"model_repository": repo, "poll_interval": 0, "load_in_background": False,
-         "max_batch_size": 8}
+        {
+            "model_repository": repo,
+            "poll_interval": 0,
+            "load_in_background": False,
+            "max_batch_size": 8,
+        }
     )
 
 
@@ -45,8 +49,14 @@ def client(app):
 def small_app(repo):
     """Tiny limits to test 413 and batch checks cheaply."""
     return create_app(
-        {"model_repository": repo, "poll_interval": 0, "load_in_background": False,
-         "max_body_bytes": 4096, "max_batch_size": 2, "max_activation_values": 50}
+        {
+            "model_repository": repo,
+            "poll_interval": 0,
+            "load_in_background": False,
+            "max_body_bytes": 4096,
+            "max_batch_size": 2,
+            "max_activation_values": 50,
+        }
     )
 
 

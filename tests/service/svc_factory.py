@@ -25,8 +25,18 @@ from training.publish import layer_table, stage_version  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
-FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-           "Sneaker", "Bag", "Ankle boot"]
+FASHION = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def _config(name: str, fallback: dict) -> dict:
@@ -34,29 +44,45 @@ def _config(name: str, fallback: dict) -> dict:
     cfg = yaml.safe_load(path.read_text()) if path.is_file() else fallback
     small = {"filters": 2, "units": 6}
     cfg = dict(cfg)
-    cfg["hidden"] = [
-        dict(h, **{k: v for k, v in small.items() if k in h}) for h in cfg["hidden"]
-    ]
+    cfg["hidden"] = [dict(h, **{k: v for k, v in small.items() if k in h}) for h in cfg["hidden"]]
     return cfg
 
 
 def tabular_config() -> dict:
-    return _config("fraud", {
-        "name": "fraud", "task": "binary_classification", "dataset": {"name": "creditcard"},
-        "input": "tabular", "preprocessing": {"normalize": True},
-        "hidden": [{"kind": "dense", "units": 8, "activation": "relu"},
-                   {"kind": "dropout", "rate": 0.2},
-                   {"kind": "dense", "units": 8, "activation": "relu"}]})
+    return _config(
+        "fraud",
+        {
+            "name": "fraud",
+            "task": "binary_classification",
+            "dataset": {"name": "creditcard"},
+            "input": "tabular",
+            "preprocessing": {"normalize": True},
+            "hidden": [
+                {"kind": "dense", "units": 8, "activation": "relu"},
+                {"kind": "dropout", "rate": 0.2},
+                {"kind": "dense", "units": 8, "activation": "relu"},
+            ],
+        },
+    )
 
 
 def image_config() -> dict:
-    return _config("fashion", {
-        "name": "fashion", "task": "multiclass_classification",
-        "dataset": {"name": "fashion_mnist"}, "input": "image",
-        "preprocessing": {"rescale": 1 / 255},
-        "hidden": [{"kind": "conv2d", "filters": 2, "kernel": 3, "activation": "relu"},
-                   {"kind": "max_pool", "pool": 2}, {"kind": "flatten"},
-                   {"kind": "dense", "units": 6, "activation": "relu"}]})
+    return _config(
+        "fashion",
+        {
+            "name": "fashion",
+            "task": "multiclass_classification",
+            "dataset": {"name": "fashion_mnist"},
+            "input": "image",
+            "preprocessing": {"rescale": 1 / 255},
+            "hidden": [
+                {"kind": "conv2d", "filters": 2, "kernel": 3, "activation": "relu"},
+                {"kind": "max_pool", "pool": 2},
+                {"kind": "flatten"},
+                {"kind": "dense", "units": 6, "activation": "relu"},
+            ],
+        },
+    )
 
 
 def tabular_samples(n: int, seed: int = 0) -> np.ndarray:
@@ -82,25 +108,42 @@ def publish(repo: Path, kind: str, seed: int = 0, name: str | None = None) -> Pa
         x = tabular_samples(64, seed)
         model = build_model(cfg, input_shape=(30,), num_classes=2, adapt_data=x)
         input_spec = {"kind": "tabular", "features": FEATURES, "shape": [30], "dtype": "float32"}
-        extra = {"task": "binary_classification", "class_names": ["legit", "fraud"],
-                 "threshold": 0.3, "output": {"activation": "sigmoid", "units": 1}}
+        extra = {
+            "task": "binary_classification",
+            "class_names": ["legit", "fraud"],
+            "threshold": 0.3,
+            "output": {"activation": "sigmoid", "units": 1},
+        }
     else:
         cfg = image_config()
         name = name or "fashion"
         x = image_samples(16, seed)
         model = build_model(cfg, input_shape=(28, 28, 1), num_classes=10)
-        input_spec = {"kind": "image", "shape": [28, 28, 1], "dtype": "float32",
-                      "value_range": [0, 255]}
-        extra = {"task": "multiclass_classification", "class_names": FASHION,
-                 "threshold": None, "output": {"activation": "softmax", "units": 10}}
+        input_spec = {
+            "kind": "image",
+            "shape": [28, 28, 1],
+            "dtype": "float32",
+            "value_range": [0, 255],
+        }
+        extra = {
+            "task": "multiclass_classification",
+            "class_names": FASHION,
+            "threshold": None,
+            "output": {"activation": "softmax", "units": 10},
+        }
     with stage_version(Path(repo) / name, name) as staged:
         model.save(staged.path / "model.keras")
         np.savez(staged.path / "reference.npz", x=x, y=np.zeros(len(x), np.int64))
         (staged.path / "history.json").write_text(json.dumps({"loss": [1.0]}))
         staged.metadata.update(
-            format_version=1, config=cfg, dataset={"name": "synthetic", "synthetic": True},
-            splits={}, metrics={"test": {"accuracy": 0.5}}, input=input_spec,
-            layers=layer_table(model), **extra,
+            format_version=1,
+            config=cfg,
+            dataset={"name": "synthetic", "synthetic": True},
+            splits={},
+            metrics={"test": {"accuracy": 0.5}},
+            input=input_spec,
+            layers=layer_table(model),
+            **extra,
         )
     return Path(staged.final_path)
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +45,14 @@ class Server:
             "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
             "CUDA_VISIBLE_DEVICES": "",
         }
-        self.log = open(tmp / "gunicorn.log", "wb")
+        self.log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115  (closed in stop())
         self.proc = subprocess.Popen(
-            [str(ROOT / "service" / "entrypoint.sh")], cwd=ROOT, env=env,
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            [str(ROOT / "service" / "entrypoint.sh")],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def get(self, path, **kw):
@@ -56,8 +61,44 @@ class Server:
     def post(self, path, **kw):
         return requests.post(self.url + path, timeout=30, **kw)
 
-    def pids(self, n: int = 40) -> set[int]:
-        return {self.get("/healthz").json()["pid"] for _ in range(n)}
+    def worker_pids(self) -> set[int]:
+        """The master's child processes, read from /proc (independent of load balancing)."""
+        children = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.proc.pid:
+                children.add(int(stat.parent.name))
+        return children
+
+    def answering_pids(self, attempts: int = 400) -> set[int]:
+        """Worker pids seen answering /healthz; concurrent requests so that the kernel's
+        accept() wake-ups cannot keep handing every connection to the same worker."""
+        seen: set[int] = set()
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(attempts // 8):
+                seen |= set(pool.map(lambda _: self.get("/healthz").json()["pid"], range(8)))
+                if seen >= self.worker_pids():
+                    break
+        return seen
+
+    def all_workers_ready(self) -> bool:
+        """Every worker has answered /readyz with 200 (each loads its own models)."""
+        ready: set[int] = set()
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(20):
+                for r in pool.map(lambda _: self.get("/readyz"), range(8)):
+                    if r.status_code == 200:
+                        ready.add(r.json()["pid"])
+                if ready >= self.worker_pids():
+                    return True
+        return False
+
+    def concurrently(self, fn, n: int = 24) -> list:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(lambda _: fn(), range(n)))
 
     def stop(self):
         if self.proc.poll() is None:
@@ -103,8 +144,11 @@ def served(tmp_path_factory):
             time.sleep(0.02)
         assert seen[-1] == 200, f"never ready: {seen}\n" + (tmp / "gunicorn.log").read_text()
         # both workers ready
-        wait_for(lambda: all(server.get("/readyz").status_code == 200 for _ in range(10)),
-                 120, what="both workers ready")
+        wait_for(
+            lambda: all(server.get("/readyz").status_code == 200 for _ in range(10)),
+            120,
+            what="both workers ready",
+        )
         yield server, repo, seen
     finally:
         server.stop()
@@ -117,7 +161,9 @@ def test_readyz_503_until_models_are_warm(served):
 
 def test_two_workers_answer(served):
     server, _, _ = served
-    assert len(server.pids()) == 2
+    workers = server.worker_pids()
+    assert len(workers) == 2
+    assert server.answering_pids() == workers
 
 
 def test_predictions_equal_model_in_process(served):
@@ -126,25 +172,37 @@ def test_predictions_equal_model_in_process(served):
     fashion = svc_factory.load_keras(repo / "fashion" / "1")
     x = svc_factory.tabular_samples(32, seed=43)
     expected = np.asarray(fraud(x, training=False))
-    for _ in range(4):  # several requests, so both workers are compared
-        r = server.post("/models/fraud/predict", json={"instances": x.tolist()})
+    # concurrent requests, so both workers answer some of them
+    for r in server.concurrently(
+        lambda: server.post("/models/fraud/predict", json={"instances": x.tolist()})
+    ):
         got = np.array([p["fraud_probability"] for p in r.json()["predictions"]])
         assert np.max(np.abs(got - expected[:, 0])) <= 1e-5
-        r = server.post("/v1/models/fraud:predict", json={"instances": x.tolist()})
+    for r in server.concurrently(
+        lambda: server.post("/v1/models/fraud:predict", json={"instances": x.tolist()})
+    ):
         assert np.max(np.abs(np.array(r.json()["predictions"]) - expected)) <= 1e-5
     xi = svc_factory.image_samples(8, seed=44)
     expected = np.asarray(fashion(xi, training=False))
-    body = {"inputs": [{"name": "input", "shape": [8, 28, 28, 1], "datatype": "FP32",
-                        "data": xi.reshape(-1).tolist()}]}
-    for _ in range(4):
-        r = server.post("/v2/models/fashion/infer", json=body)
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": [8, 28, 28, 1],
+                "datatype": "FP32",
+                "data": xi.reshape(-1).tolist(),
+            }
+        ]
+    }
+    for r in server.concurrently(lambda: server.post("/v2/models/fashion/infer", json=body)):
         got = np.array(r.json()["outputs"][0]["data"]).reshape(8, 10)
         assert np.max(np.abs(got - expected)) <= 1e-5
 
 
 def test_bad_input_never_kills_a_worker(served):
     server, _, _ = served
-    before = server.pids()
+    before = server.worker_pids()
+    assert len(before) == 2
     bad = [
         dict(data=b"{" * 100000, headers={"Content-Type": "application/json"}),
         dict(data=b"[" * 50000 + b"]" * 50000, headers={"Content-Type": "application/json"}),
@@ -155,25 +213,32 @@ def test_bad_input_never_kills_a_worker(served):
         dict(files={"image": ("a.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)}),
     ]
     for kwargs in bad:
-        for path in ("/models/fraud/predict", "/models/fashion/predict",
-                     "/v1/models/fraud:predict", "/v2/models/fashion/infer"):
+        for path in (
+            "/models/fraud/predict",
+            "/models/fashion/predict",
+            "/v1/models/fraud:predict",
+            "/v2/models/fashion/infer",
+        ):
             try:
                 r = server.post(path, **kwargs)
             except requests.ConnectionError:  # 413 may close the socket mid-upload
                 continue
             assert 400 <= r.status_code < 500, (path, r.status_code, r.text[:200])
             assert "error" in r.json()
-    assert server.pids() == before
+    assert server.worker_pids() == before  # no worker died or was replaced
+    assert server.answering_pids() == before
 
 
 def test_hot_reload_corrupt_version_and_delete(served):
     server, repo, _ = served
     x = svc_factory.tabular_samples(16, seed=45)
 
-    def served_versions(n=12):
+    def served_versions():
         return {
-            server.post("/models/fraud/predict", json={"instances": x.tolist()}).json()["version"]
-            for _ in range(n)
+            r.json()["version"]
+            for r in server.concurrently(
+                lambda: server.post("/models/fraud/predict", json={"instances": x.tolist()})
+            )
         }
 
     # a new version published while serving is picked up by every worker
@@ -190,8 +255,8 @@ def test_hot_reload_corrupt_version_and_delete(served):
     svc_factory.publish_corrupt(repo, v2)
 
     def v3_failed():
-        for _ in range(8):
-            versions = {v["version"]: v for v in server.get("/models/fraud").json()["versions"]}
+        for r in server.concurrently(lambda: server.get("/models/fraud")):
+            versions = {v["version"]: v for v in r.json()["versions"]}
             if 3 not in versions or versions[3]["status"] != "failed":
                 return False
             assert "checksum mismatch" in versions[3]["reason"]
@@ -208,8 +273,10 @@ def test_hot_reload_corrupt_version_and_delete(served):
     wait_for(lambda: served_versions() == {1}, 90, what="fallback to version 1")
     listed = [v["version"] for v in server.get("/models/fraud").json()["versions"]]
     assert listed == [1, 3]
-    assert server.post("/models/fraud/versions/2/predict",
-                       json={"instances": x.tolist()}).status_code == 404
+    assert (
+        server.post("/models/fraud/versions/2/predict", json={"instances": x.tolist()}).status_code
+        == 404
+    )
 
 
 if sys.platform != "linux":  # pragma: no cover

@@ -13,7 +13,8 @@ import pytest
 import svc_factory
 
 from service import create_app
-from service.repository import FAILED, READY, ModelRepository
+from service.errors import ModelNotFound
+from service.repository import FAILED, ModelRepository
 from service.runtime import KerasRuntime, LoadError
 
 
@@ -65,12 +66,15 @@ def test_new_version_swapped_in_and_deleted_version_unloaded(scratch_repo):
     assert old.raw_predict(x).shape == (3, 1)  # a request holding v1 still works
 
 
-@pytest.mark.parametrize("damage,reason", [
-    ("name", "differs from folder"),
-    ("no_sha", "sha256"),
-    ("bad_json", "unreadable metadata.json"),
-    ("not_keras", "keras could not load"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        ("name", "differs from folder"),
+        ("no_sha", "sha256"),
+        ("bad_json", "unreadable metadata.json"),
+        ("not_keras", "keras could not load"),
+    ],
+)
 def test_bad_versions_fail_with_reason(scratch_repo, damage, reason):
     vdir = scratch_repo / "fraud" / "2"
     shutil.copytree(scratch_repo / "fraud" / "1", vdir)
@@ -84,8 +88,9 @@ def test_bad_versions_fail_with_reason(scratch_repo, damage, reason):
         (vdir / "model.keras").write_bytes(b"not a zip file")
         meta["files"]["model.keras"]["sha256"] = svc_factory.sha256_bytes(b"not a zip file")
     (vdir / "metadata.json").write_text("{oops" if damage == "bad_json" else json.dumps(meta))
-    app = create_app({"model_repository": scratch_repo, "poll_interval": 0,
-                      "load_in_background": False})
+    app = create_app(
+        {"model_repository": scratch_repo, "poll_interval": 0, "load_in_background": False}
+    )
     client = app.test_client()
     versions = {v["version"]: v for v in client.get("/models/fraud").json["versions"]}
     assert versions[2]["status"] == "failed" and reason in versions[2]["reason"]
@@ -101,8 +106,9 @@ def test_bad_versions_fail_with_reason(scratch_repo, damage, reason):
 def test_only_version_failing_means_not_ready(scratch_repo):
     svc_factory.publish_corrupt(scratch_repo, scratch_repo / "fraud" / "1")
     shutil.rmtree(scratch_repo / "fraud" / "1")
-    app = create_app({"model_repository": scratch_repo, "poll_interval": 0,
-                      "load_in_background": False})
+    app = create_app(
+        {"model_repository": scratch_repo, "poll_interval": 0, "load_in_background": False}
+    )
     client = app.test_client()
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json["models"] == {"fraud": False, "fashion": True}
@@ -152,7 +158,8 @@ def test_runtime_activations_equal_keras_and_are_one_pass(repo):
     probs, layers = runtime.predict_with_activations(x, ["dense_1"])
     assert np.max(np.abs(probs - expected["output"])) <= 1e-5
     assert list(layers) == ["dense_1"]
-    assert runtime.hidden_layer_names[0] == "conv2d_1" and "output" not in runtime.hidden_layer_names
+    assert runtime.hidden_layer_names[0] == "conv2d_1"
+    assert "output" not in runtime.hidden_layer_names
     # built once: different batch sizes do not retrace
     runtime.activations(svc_factory.image_samples(5), ["dense_1"])
     runtime.predict(svc_factory.image_samples(7))
@@ -180,3 +187,31 @@ def test_runtime_binary_predict_two_columns_and_thread_safe(repo):
         assert results[i].shape == (len(x), 2)
         assert np.max(np.abs(results[i][:, 1] - p)) <= 1e-5
         assert np.allclose(results[i].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_max_versions_keeps_newest_loaded(scratch_repo):
+    svc_factory.publish(scratch_repo, "tabular", seed=51)
+    v3 = svc_factory.publish(scratch_repo, "tabular", seed=52)
+    repo = ModelRepository(scratch_repo, poll_interval=0, max_versions=2)
+    repo.load_now()
+    status = {v: s.status for v, s in repo.versions("fraud").items()}
+    assert status == {1: "skipped", 2: "ready", 3: "ready"}
+    with pytest.raises(ModelNotFound, match="not loaded"):
+        repo.get("fraud", 1)
+    # a corrupt newest version takes no slot and evicts nothing
+    svc_factory.publish_corrupt(scratch_repo, v3)
+    repo.refresh()
+    status = {v: s.status for v, s in repo.versions("fraud").items()}
+    assert status == {1: "skipped", 2: "ready", 3: "ready", 4: "failed"}
+    # a good newer version evicts the oldest loaded one once it is warm
+    v5 = svc_factory.publish(scratch_repo, "tabular", seed=53)
+    repo.refresh()
+    status = {v: s.status for v, s in repo.versions("fraud").items()}
+    assert status == {1: "skipped", 2: "skipped", 3: "ready", 4: "failed", 5: "ready"}
+    # deleting versions brings older ones back into the window
+    shutil.rmtree(v5)
+    shutil.rmtree(v3)
+    repo.refresh()
+    status = {v: s.status for v, s in repo.versions("fraud").items()}
+    assert status == {1: "ready", 2: "ready", 4: "failed"}
+    assert repo.get("fraud").version == 2

@@ -94,9 +94,26 @@ def test_image_model_layers_shapes_and_activations():
 def test_committed_default_models_build_and_save_with_safe_mode(tmp_path):
     for name, shape, classes in (("fraud", (30,), 2), ("fashion", (28, 28, 1), 10)):
         cfg = load_config(ROOT / "models" / name)
-        model = compile_model(build_model(cfg, input_shape=shape, num_classes=classes), cfg)
+        model = compile_model(build_model(cfg, input_shape=shape, num_classes=classes), cfg,
+                              steps_per_epoch=10)
         hidden = [layer.name for layer in model.layers[2:-1]]
         assert hidden == [spec["name"] for spec in cfg["hidden"]]
         model.save(tmp_path / f"{name}.keras")
         again = keras.saving.load_model(tmp_path / f"{name}.keras", safe_mode=True)
         assert [layer.name for layer in again.layers] == [layer.name for layer in model.layers]
+
+
+def test_cosine_schedule_decays_to_zero_over_the_configured_epochs():
+    from training.builder import make_optimizer
+
+    training = load_config({**TABULAR, "training": {"lr_schedule": "cosine", "epochs": 4,
+                                                     "learning_rate": 0.01}}).training
+    opt = make_optimizer(training, steps_per_epoch=10)
+    schedule = opt._learning_rate
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="Received: steps_per_epoch=None"):
+        make_optimizer(training)
+    constant = make_optimizer(load_config(TABULAR).training)
+    assert float(constant.learning_rate) == pytest.approx(0.001)

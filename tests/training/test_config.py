@@ -164,6 +164,8 @@ INVALID = [
      "expected one of adam, sgd, rmsprop, adamw. Received: optimizer='lbfgs'"),
     (_fraud(training__learning_rate=0), "training.learning_rate",
      "expected a number > 0.0 and <= 10.0. Received: learning_rate=0"),
+    (_fraud(training__lr_schedule="step"), "training.lr_schedule",
+     "expected one of constant, cosine. Received: lr_schedule='step'"),
     (_fraud(training__epochs=0), "training.epochs", "expected an integer >= 1. Received: epochs=0"),
     (_fraud(training__batch_size="big"), "training.batch_size", "Received: batch_size='big'"),
     (_fraud(training__early_stopping={"monitor": "val_f1"}), "training.early_stopping.monitor",
@@ -243,6 +245,11 @@ def test_cli_exits_2_on_bad_override_and_shows_help():
     assert proc.returncode == 2 and "Received: epochs=0" in proc.stderr
     proc = _cli("train", "models/fraud", "--set", "training.optimizer=lbfgs")
     assert proc.returncode == 2 and "training.optimizer" in proc.stderr
+    proc = _cli("train", "models/fraud", "--rows", "500")
+    assert proc.returncode == 2 and "only applies with --synthetic" in proc.stderr
+    proc = _cli("train", "models/fashion", "--synthetic")
+    assert proc.returncode == 2
+    assert "synthetic data exists only for creditcard" in proc.stderr
     proc = _cli("--help")
     assert proc.returncode == 0
     for command in ("data", "train", "sweep", "evaluate"):
