@@ -393,10 +393,22 @@ def model_loaded(runtime) -> None:
     seconds = getattr(runtime, "load_seconds", None)
     if seconds is not None:
         MODEL_LOAD_DURATION.labels(model).observe(seconds)
+    # Off the loading thread: the next version's load and readiness must not wait for it.
+    threading.Thread(
+        target=_reference_summary_logged,
+        args=(runtime,),
+        name="layerscope-reference",
+        daemon=True,
+    ).start()
+
+
+def _reference_summary_logged(runtime) -> None:
     try:
         _reference_summary(runtime)
     except Exception as exc:  # a missing reference sample only costs the drift baseline
-        log.warning("no reference activation summary for %s v%s: %s", model, version, exc)
+        log.warning(
+            "no reference activation summary for %s v%s: %s", runtime.name, runtime.version, exc
+        )
 
 
 def _reference_summary(runtime) -> None:

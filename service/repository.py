@@ -3,8 +3,9 @@ loading, per-version status and hot reload.
 
 Each Gunicorn worker owns one ``ModelRepository`` (created inside ``create_app``, which
 runs after fork) and one background thread that loads the initial models and then polls.
-Readers never lock: the table of versions is rebuilt and swapped as a whole, so a request
-sees either the old or the new table, never a half-built one. A version that fails its
+Readers never lock: the table of versions is rebuilt and swapped as a whole when folders
+appear or vanish, and an entry only ever changes by one assignment (loading -> ready or
+failed, ready -> skipped), so a request sees a consistent table. A version that fails its
 checksum or its load is recorded as ``failed`` with the reason; the previous version keeps
 serving. A version whose folder disappears is unloaded."""
 
@@ -248,7 +249,11 @@ class ModelRepository:
             self.last_scan = time.time()
 
     def _unload(self, state: VersionState) -> None:
-        runtime, state.runtime = state.runtime, None
+        if state.status == SKIPPED:  # never loaded: nothing to release or report
+            return
+        # The state has already left the table; a request that fetched it a moment ago
+        # still finishes on this runtime, which is freed with the last reference.
+        runtime = state.runtime
         if runtime is not None and hasattr(runtime, "unload"):
             runtime.unload()
         log.info("model %s version %s unloaded", state.name, state.version)
@@ -321,10 +326,11 @@ class ModelRepository:
             )
         if state.status == SKIPPED:
             raise ModelNotFound(f"model {name!r} version {version} is not loaded: {state.reason}")
-        if state.status != READY or state.runtime is None:
+        runtime = state.runtime
+        if state.status != READY or runtime is None:
             reason = f": {state.reason}" if state.reason else ""
             raise ModelNotReady(f"model {name!r} version {version} is {state.status}{reason}")
-        return state.runtime
+        return runtime
 
     def state(self, name: str, version: int) -> VersionState:
         versions = self.versions(name)
@@ -335,9 +341,9 @@ class ModelRepository:
             )
         return versions[version]
 
-    def model_ready(self, name: str) -> bool:
+    def model_ready(self, name: str, versions: dict[int, VersionState] | None = None) -> bool:
         """The latest published version that has not failed is loaded and warmed."""
-        versions = self.versions(name)
+        versions = self.versions(name) if versions is None else versions
         candidates = [v for v, s in versions.items() if s.status not in (FAILED, SKIPPED)]
         return bool(candidates) and versions[max(candidates)].status == READY
 
@@ -345,7 +351,7 @@ class ModelRepository:
         if not self.initial_load_done.is_set():
             return False, {"reason": "initial model load in progress"}
         table = self._versions
-        detail = {name: self.model_ready(name) for name in table}
+        detail = {name: self.model_ready(name, versions) for name, versions in table.items()}
         if not table:
             return False, {"reason": f"no model versions found in {self.root}"}
         return all(detail.values()), {"models": detail}

@@ -329,7 +329,7 @@ def monitor_choices(task: str) -> tuple[str, ...]:
     return tuple(names + [f"val_{n}" for n in names])
 
 
-def _validate_training(raw: Any, task: str, official_test: bool) -> dict:
+def _validate_training(raw: Any, task: str, official_test: bool, n_classes: int) -> dict:
     fields = ("optimizer", "learning_rate", "lr_schedule", "weight_decay", "epochs",
               "batch_size", "early_stopping", "class_weight", "seed", "validation_fraction",
               "test_fraction")
@@ -387,9 +387,10 @@ def _validate_training(raw: Any, task: str, official_test: bool) -> dict:
         weights = {}
         for k, v in cw.items():
             key = int(k) if isinstance(k, str) and k.isdigit() else k
-            if not _is_int(key) or key < 0:
+            if not _is_int(key) or not 0 <= key < n_classes:
                 raise ConfigError(f"training.class_weight.{k}", "keys are class indices "
-                                                                f"0, 1, ... Received: {_fmt(k)}")
+                                                                f"0..{n_classes - 1}. "
+                                                                f"Received: {_fmt(k)}")
             weights[key] = _float(f"training.class_weight.{k}", v, lo=0.0, lo_open=True)
         out["class_weight"] = {str(k): weights[k] for k in sorted(weights)}
     elif cw in ("balanced", "none"):
@@ -461,7 +462,8 @@ def validate_config(raw: Any) -> dict:
         "preprocessing": _validate_preprocessing(top.get("preprocessing"), kind),
         "hidden": _validate_hidden(top["hidden"], kind, info["shape"]),
         "output": _validate_output(top.get("output"), task),
-        "training": _validate_training(top.get("training"), task, official_test),
+        "training": _validate_training(top.get("training"), task, official_test,
+                                       info["classes"]),
         "threshold": _validate_threshold(top.get("threshold"), task),
     }
 

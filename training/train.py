@@ -189,11 +189,12 @@ def run_training(config: str | os.PathLike | dict | ModelConfig, *,
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     epochs_run = len(next(iter(history.values()), []))
 
-    def probs(x: np.ndarray) -> np.ndarray:
-        return np.asarray(model.predict(x, batch_size=1024, verbose=0), dtype=np.float64)
-
+    # One predict call over all splits: one trace instead of one per ragged last batch.
+    cut = np.cumsum([len(splits.y_train), len(splits.y_val)])
+    p_all = model.predict(np.concatenate([splits.x_train, splits.x_val, splits.x_test]),
+                          batch_size=1024, verbose=0)
+    p_train, p_val, p_test = np.split(np.asarray(p_all, dtype=np.float64), cut)
     metrics: dict[str, Any] = {}
-    p_train, p_val, p_test = probs(splits.x_train), probs(splits.x_val), probs(splits.x_test)
     threshold = None
     baseline_p = None
     if cfg.is_binary:

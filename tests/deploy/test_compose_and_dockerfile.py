@@ -237,6 +237,9 @@ def test_dockerfile_user_entrypoint_and_healthcheck(docker, rules):
     assert entry == ["service/entrypoint.sh"]
     assert os.access(ROOT / entry[0], os.X_OK)
     health = next(args for kw, args in docker if kw == "HEALTHCHECK")
+    command = json.loads(health[health.index("CMD") + 3 :])  # exec form, valid JSON
+    assert command[:2] == ["python", "-c"]
+    compile(command[2], "<healthcheck>", "exec")
     paths = {m.group(1) for m in URL_IN_TEXT.finditer(health)}
     assert paths == {"/readyz"} and "/readyz" in rules
     volumes = [json.loads(args) for kw, args in docker if kw == "VOLUME"]

@@ -48,9 +48,12 @@ def samples(n: int, seed: int = 0) -> np.ndarray:
     return x
 
 
-def publish_tabular(repo: Path, seed: int = 0) -> Path:
-    """Build a seeded tiny fraud-shaped MLP with training/builder.py and publish the next
-    version with training/publish.py (the DESIGN.md layout, reference sample included)."""
+def publish_tabular(
+    repo: Path, seed: int = 0, name: str = MODEL, classes: list[str] | None = None
+) -> Path:
+    """Build a seeded tiny MLP over the card features with training/builder.py and publish
+    the next version with training/publish.py (the DESIGN.md layout, reference sample
+    included). Binary fraud-shaped by default; ``classes`` makes it multiclass."""
     import keras
 
     from training.builder import build_model
@@ -58,22 +61,38 @@ def publish_tabular(repo: Path, seed: int = 0) -> Path:
 
     keras.utils.set_random_seed(seed)
     x = samples(64, seed)
-    model = build_model(CONFIG, input_shape=(30,), num_classes=2, adapt_data=x)
-    with stage_version(Path(repo) / MODEL, MODEL) as staged:
+    binary = classes is None
+    config = dict(CONFIG, name=name)
+    if not binary:
+        config["task"] = "multiclass_classification"
+    n_classes = 2 if binary else len(classes)
+    if binary:
+        model = build_model(config, input_shape=(30,), num_classes=n_classes, adapt_data=x)
+    else:  # no multiclass tabular data set to validate against: the same stack by hand
+        inputs = keras.Input((30,), name="input")
+        norm = keras.layers.Normalization(name="normalization")
+        norm.adapt(x)
+        h = keras.layers.Dense(8, activation="relu", name="dense_1")(norm(inputs))
+        h = keras.layers.Dense(4, activation="tanh", name="dense_2")(h)
+        out = keras.layers.Dense(n_classes, activation="softmax", name="output")(h)
+        model = keras.Model(inputs, out, name=name)
+    with stage_version(Path(repo) / name, name) as staged:
         model.save(staged.path / "model.keras")
         np.savez(staged.path / "reference.npz", x=x, y=np.zeros(len(x), np.int64))
         (staged.path / "history.json").write_text(json.dumps({"loss": [1.0]}))
         staged.metadata.update(
             format_version=1,
-            task="binary_classification",
-            config=CONFIG,
+            task=config["task"],
+            config=config,
             dataset={"name": "synthetic", "synthetic": True},
             splits={},
             metrics={},
-            class_names=["legit", "fraud"],
-            threshold=0.5,
+            class_names=["legit", "fraud"] if binary else classes,
+            threshold=0.5 if binary else None,
             input={"kind": "tabular", "features": FEATURES, "shape": [30], "dtype": "float32"},
-            output={"activation": "sigmoid", "units": 1},
+            output={"activation": "sigmoid", "units": 1}
+            if binary
+            else {"activation": "softmax", "units": n_classes},
             layers=layer_table(model),
         )
     return Path(staged.final_path)

@@ -19,6 +19,7 @@ from tests.observability.stack import (
     publish_corrupt,
     publish_tabular,
     samples,
+    wait_for,
 )
 
 PREDICT = "/models/<name>/predict"
@@ -35,6 +36,7 @@ def app(tmp_path_factory):
     repo = tmp_path_factory.mktemp("repo")
     v1 = publish_tabular(repo, seed=0)
     publish_corrupt(v1)
+    publish_tabular(repo, seed=3, name="tri", classes=["low", "mid", "high"])
     failures_before = value("layerscope_model_load_failures_total", model=MODEL, reason="checksum")
     app = create_app(
         {
@@ -165,6 +167,24 @@ def test_classes_decisions_and_scores_match_the_responses(client):
     assert below == sum(p <= 0.5 for p in probs)
 
 
+def test_multiclass_predictions_by_class_match_the_labels(client):
+    classes = ["low", "mid", "high"]
+    before = {
+        c: value("layerscope_predictions_total", model="tri", version="1", **{"class": c})
+        for c in classes
+    }
+    fraud_before = value("layerscope_fraud_score_count", model="tri")
+    x = samples(30, seed=11)
+    x[:, 1:29] *= 4  # spread the inputs so more than one class is predicted
+    body = client.post("/models/tri/predict", json={"instances": x.tolist()}).get_json()
+    labels = [p["label"] for p in body["predictions"]]
+    assert len(set(labels)) >= 2, labels
+    for c in classes:
+        got = value("layerscope_predictions_total", model="tri", version="1", **{"class": c})
+        assert got - before[c] == labels.count(c), c
+    assert value("layerscope_fraud_score_count", model="tri") == fraud_before == 0
+
+
 def test_activation_summary_equals_numpy(app, client):
     runtime = app.extensions["layerscope"].repository.get(MODEL)
     x = samples(3, seed=9)
@@ -197,6 +217,15 @@ def test_reference_summary_and_lifecycle(app):
         ref = runtime.activations(data["x"], runtime.hidden_layer_names)
     for layer, values in ref.items():
         flat = values.reshape(len(values), -1)
+        labels = {"model": MODEL, "version": "1", "layer": layer}
+        wait_for(  # computed off the loading thread
+            lambda labels=labels: (
+                REGISTRY.get_sample_value("layerscope_layer_reference_inactive_fraction", labels)
+                is not None
+            ),
+            30,
+            what="reference summary",
+        )
         got = value(
             "layerscope_layer_reference_activation_mean", model=MODEL, version="1", layer=layer
         )

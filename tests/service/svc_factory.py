@@ -175,3 +175,16 @@ def sha256_bytes(data: bytes) -> str:
     import hashlib
 
     return hashlib.sha256(data).hexdigest()
+
+
+def train_real(repo: Path, config: str = "fraud", epochs: int = 1) -> Path:
+    """Publish a version trained by the real pipeline (training/train.py), few epochs."""
+    from training.train import train
+
+    data_dir = os.environ.get("LAYERSCOPE_DATA_DIR") or str(ROOT.parent / "shared" / "datasets")
+    return train(
+        ROOT / "models" / config / "model.yaml",
+        models_root=repo,
+        data_dir=data_dir,
+        overrides={"training": {"epochs": epochs}},
+    )

@@ -1,5 +1,5 @@
 """End to end through a real Gunicorn (2 workers) started by service/entrypoint.sh:
-readiness before warm-up, predictions equal the model in-process, hot reload of a new
+readiness before warm-up, predictions equal the trained model called in-process, hot reload of a new
 version, a corrupt version reported while the old one serves, deletion, and bad input
 never killing a worker."""
 
@@ -92,7 +92,8 @@ class Server:
                 for r in pool.map(lambda _: self.get("/readyz"), range(8)):
                     if r.status_code == 200:
                         ready.add(r.json()["pid"])
-                if ready >= self.worker_pids():
+                workers = self.worker_pids()
+                if len(workers) == 2 and ready >= workers:
                     return True
         return False
 
@@ -123,7 +124,7 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = ""):
 def served(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     repo = tmp / "models"
-    svc_factory.publish(repo, "tabular", seed=41)
+    svc_factory.train_real(repo, "fraud", epochs=1)  # the real training pipeline
     svc_factory.publish(repo, "image", seed=42)
     server = Server(repo, tmp)
     # /readyz from the first moment: connection refused while workers import, then 503
@@ -143,12 +144,7 @@ def served(tmp_path_factory):
                 break
             time.sleep(0.02)
         assert seen[-1] == 200, f"never ready: {seen}\n" + (tmp / "gunicorn.log").read_text()
-        # both workers ready
-        wait_for(
-            lambda: all(server.get("/readyz").status_code == 200 for _ in range(10)),
-            120,
-            what="both workers ready",
-        )
+        wait_for(server.all_workers_ready, 120, what="both workers ready")
         yield server, repo, seen
     finally:
         server.stop()
@@ -170,7 +166,7 @@ def test_predictions_equal_model_in_process(served):
     server, repo, _ = served
     fraud = svc_factory.load_keras(repo / "fraud" / "1")
     fashion = svc_factory.load_keras(repo / "fashion" / "1")
-    x = svc_factory.tabular_samples(32, seed=43)
+    x = np.load(repo / "fraud" / "1" / "reference.npz")["x"][:32]  # real transactions
     expected = np.asarray(fraud(x, training=False))
     # concurrent requests, so both workers answer some of them
     for r in server.concurrently(

@@ -91,6 +91,7 @@ def test_image_model_layers_shapes_and_activations():
     np.testing.assert_allclose(np.sum(probs, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Skipping variable loading for optimizer")  # untrained
 def test_committed_default_models_build_and_save_with_safe_mode(tmp_path):
     for name, shape, classes in (("fraud", (30,), 2), ("fashion", (28, 28, 1), 10)):
         cfg = load_config(ROOT / "models" / name)

@@ -181,7 +181,9 @@ INVALID = [
     (_fraud(training__class_weight={0: 1.0, 1: -2}), "training.class_weight.1",
      "expected a number > 0.0. Received: 1=-2"),
     (_fraud(training__class_weight={"fraud": 3}), "training.class_weight.fraud",
-     "keys are class indices 0, 1, ... Received: 'fraud'"),
+     "keys are class indices 0..1. Received: 'fraud'"),
+    (_fraud(training__class_weight={0: 1, 2: 3}), "training.class_weight.2",
+     "keys are class indices 0..1. Received: 2"),
     (_fraud(training__validation_fraction=0.6), "training.validation_fraction",
      "expected a number > 0.0 and <= 0.5. Received: validation_fraction=0.6"),
     (_fraud(training__validation_fraction=0.45, training__test_fraction=0.4),
@@ -254,3 +256,16 @@ def test_cli_exits_2_on_bad_override_and_shows_help():
     assert proc.returncode == 0
     for command in ("data", "train", "sweep", "evaluate"):
         assert command in proc.stdout
+
+
+def test_class_weight_mapping_is_stored_json_safe_and_used_as_given():
+    import numpy as np
+
+    from training.train import class_weights
+
+    cfg = ModelConfig.from_config(_fraud(training__class_weight={0: 1, "1": 7.5}))
+    assert cfg["training"]["class_weight"] == {"0": 1.0, "1": 7.5}  # JSON keys are strings
+    assert ModelConfig.from_config(cfg.get_config()) == cfg
+    assert class_weights(cfg, np.array([0, 0, 1]), 2) == {0: 1.0, 1: 7.5}
+    assert class_weights(ModelConfig.from_config(_fraud(training__class_weight="none")),
+                         np.array([0, 1]), 2) is None

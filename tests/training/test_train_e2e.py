@@ -88,6 +88,18 @@ def test_evaluate_recomputes_the_stored_test_metrics(digits_run):
     assert report["version"] == 1 and report["max_abs_diff"] <= 1e-6
 
 
+def test_evaluate_refuses_a_model_file_that_does_not_match_its_checksum(digits_run, tmp_path):
+    import shutil
+
+    _, _, folder = digits_run
+    copy = tmp_path / "digits" / "1"
+    shutil.copytree(folder, copy)
+    with open(copy / "model.keras", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="sha256 .* does not match metadata"):
+        train_mod.evaluate_version(copy)
+
+
 def test_splits_are_stratified_disjoint_and_reproducible():
     cfg = load_config(DIGITS)
     ds = train_mod.load_data(cfg)
