@@ -61,7 +61,7 @@ PATHS = [
 ]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(body=bodies, path=st.sampled_from(PATHS))
 def test_never_a_server_error(app, body, path):
     data = json.dumps(body)  # stdlib: big integers too (orjson refuses them)

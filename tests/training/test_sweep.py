@@ -68,3 +68,27 @@ def test_sweep_on_digits_writes_table_csv_and_plot_and_publishes_nothing(tmp_pat
     assert "| label |" in md and "d1-w24-relu" in md and "Best on validation" in md
     assert res.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "m").exists()  # variants are not published unless asked
+
+
+def _cli(*args):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([sys.executable, "-m", "training", "sweep", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_sweep_with_publish_writes_versions_and_rejects_bad_axes(tmp_path):
+    proc = _cli(str(DIGITS), "--activations", "swish", "--out", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "Received: 'swish'" in proc.stderr
+    assert not (tmp_path / "bad").exists()
+    proc = _cli(str(DIGITS), "--depths", "1", "--widths", "8", "--activations", "elu",
+                "--epochs", "1", "--limit", "200", "--out", str(tmp_path / "s"),
+                "--models-root", str(tmp_path / "m"), "--publish", "-q")
+    assert proc.returncode == 0, proc.stderr
+    assert "| d1-w8-elu |" in proc.stdout
+    with open(tmp_path / "s" / "sweep.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["version"] == "1" and (tmp_path / "m/digits/1/metadata.json").is_file()
