@@ -36,9 +36,10 @@ system-deps:
 data: install
 	$(BIN)/python -m training data
 
-# Trains each default model that has no published version yet.
+# Trains each default model that has no published version yet (the compose trainer runs
+# the same script).
 train: install
-	$(BIN)/python -m training train-missing $(addprefix models/,$(DEFAULT_MODELS))
+	deploy/train-missing.sh $(DEFAULT_MODELS)
 
 serve: install
 	service/entrypoint.sh

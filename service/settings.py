@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     log_level: str = "info"
     activation_sample_every: int = Field(20, ge=0)  # 1 model call in N feeds drift metrics
+    # Bearer tokens (SecretStr: never printed in a repr or a log). No admin token = no
+    # admin API (404); no introspection token = introspection endpoints open.
+    admin_token: SecretStr | None = None
+    introspection_token: SecretStr | None = None
+    # Admin decisions shared by every worker; default <model_repository>/.admin-state.json
+    admin_state_file: Path | None = None
     intra_op_threads: int = Field(0, ge=0)  # 0 = derived from cores / workers
     inter_op_threads: int = Field(0, ge=0)
 

@@ -1,1 +1,4 @@
-"""Layerscope offline training pipeline: data, model building, training, publishing (python -m training)."""
+"""Layerscope offline training pipeline (`python -m training`).
+
+Data, model building from model.yaml, training, evaluation and publishing of versions.
+"""
