@@ -24,7 +24,14 @@ from service.settings import Settings, load_settings
 
 # Blueprints / hooks other parts of the project provide; each module exposes `bp` or
 # `init_app(app)` and is registered when present.
-OPTIONAL_MODULES = ("service.api.introspect", "service.metrics", "service.logs")
+OPTIONAL_MODULES = (
+    "service.api.introspect",
+    "service.metrics",
+    "service.logs",
+    "service.security",
+    "service.api.admin",
+    "service.openapi",
+)
 
 
 @dataclass

@@ -96,6 +96,10 @@ class ModelRepository:
         self._thread: threading.Thread | None = None
         self.initial_load_done = threading.Event()
         self.last_scan: float | None = None
+        # Admin decisions (service/api/admin.py) per model: {"default": int | None,
+        # "unloaded": [int], "loaded": [int]}; ``retry``: failed versions to load again.
+        self.overrides: dict[str, dict] = {}
+        self.retry: set[tuple[str, int]] = set()
 
     # -- discovery ---------------------------------------------------------------------
     def _inside_root(self, path: Path) -> bool:
@@ -178,10 +182,18 @@ class ModelRepository:
         )
         self._emit(Event("loaded", state.name, state.version, seconds=state.load_seconds))
 
-    def _wanted(self, versions: dict[int, VersionState]) -> list[int]:
-        """The versions that should be loaded: the newest ``max_versions`` not failed."""
-        ok = sorted((v for v, st in versions.items() if st.status != FAILED), reverse=True)
-        return ok[: self.max_versions] if self.max_versions else ok
+    def _wanted(self, versions: dict[int, VersionState], name: str = "") -> list[int]:
+        """The versions that should be loaded: the newest ``max_versions`` not failed nor
+        unloaded by an admin, plus the versions an admin loaded or made the default."""
+        rule = self.overrides.get(name) or {}
+        off = set(rule.get("unloaded") or ())
+        ok = sorted(
+            (v for v, st in versions.items() if st.status != FAILED and v not in off),
+            reverse=True,
+        )
+        keep = ok[: self.max_versions] if self.max_versions else ok
+        pinned = {*(rule.get("loaded") or ()), rule.get("default")} & set(ok)
+        return keep + sorted(pinned - set(keep), reverse=True)
 
     def refresh(self) -> None:
         """Bring the served table in line with the disk: load new or rewritten versions
@@ -199,23 +211,26 @@ class ModelRepository:
                 for version, path in versions.items():
                     sig = _signature(path)
                     old = current.get(name, {}).get(version)
-                    if old is not None and old.signature == sig:
+                    failed = old is not None and old.status == FAILED
+                    retry = failed and (name, version) in self.retry  # admin "load"
+                    if old is not None and old.signature == sig and not retry:
                         table[name][version] = old  # unchanged (a failed one is not retried)
                         continue
-                    if old is not None:
+                    if old is not None and not failed:
                         unloaded.append(old)  # rewritten in place: reload
                     table[name][version] = VersionState(name, version, path, sig)
             for name, versions in current.items():
                 for version, state in versions.items():
                     if version not in found.get(name, {}):
                         unloaded.append(state)
+            self.retry = set()
             self._versions = table  # new versions appear as "loading"
             for state in unloaded:
                 self._unload(state)
             while not self._stop.is_set():
                 pending = []
                 for name, versions in table.items():
-                    for rank, version in enumerate(self._wanted(versions)):
+                    for rank, version in enumerate(self._wanted(versions, name)):
                         state = versions[version]
                         if state.status == SKIPPED:  # back in the window: load it again
                             state = versions[version] = VersionState(
@@ -231,7 +246,8 @@ class ModelRepository:
                         break
                     self._load_one(state)  # flips state.status in place once warm
             for name, versions in table.items():
-                wanted = set(self._wanted(versions))
+                wanted = set(self._wanted(versions, name))
+                off = set((self.overrides.get(name) or {}).get("unloaded") or ())
                 for version, state in list(versions.items()):
                     if version in wanted or state.status in (FAILED, SKIPPED):
                         continue
@@ -243,7 +259,9 @@ class ModelRepository:
                         state.path,
                         state.signature,
                         status=SKIPPED,
-                        reason=f"older than the {self.max_versions} newest versions "
+                        reason="unloaded through the admin API"
+                        if version in off
+                        else f"older than the {self.max_versions} newest versions "
                         "(LAYERSCOPE_MAX_VERSIONS)",
                     )
             self.last_scan = time.time()
@@ -303,8 +321,13 @@ class ModelRepository:
         return versions
 
     def default_version(self, name: str) -> int | None:
-        """The latest READY version (what an unversioned request gets)."""
-        ready = [v for v, s in self.versions(name).items() if s.status == READY]
+        """The admin-pinned default when it is READY, else the latest READY version (what
+        an unversioned request gets)."""
+        versions = self.versions(name)
+        pinned = (self.overrides.get(name) or {}).get("default")
+        if pinned in versions and versions[pinned].status == READY:
+            return pinned
+        ready = [v for v, s in versions.items() if s.status == READY]
         return max(ready) if ready else None
 
     def get(self, name: str, version: int | None = None):
@@ -344,6 +367,9 @@ class ModelRepository:
     def model_ready(self, name: str, versions: dict[int, VersionState] | None = None) -> bool:
         """The latest published version that has not failed is loaded and warmed."""
         versions = self.versions(name) if versions is None else versions
+        pinned = (self.overrides.get(name) or {}).get("default")
+        if pinned in versions and versions[pinned].status not in (FAILED, SKIPPED):
+            return versions[pinned].status == READY
         candidates = [v for v, s in versions.items() if s.status not in (FAILED, SKIPPED)]
         return bool(candidates) and versions[max(candidates)].status == READY
 

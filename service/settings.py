@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,6 +19,18 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+class ServingOverride(BaseModel):
+    """Per-model serving options (LAYERSCOPE_SERVING); unset fields use the globals."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    runtime: Literal["auto", "keras", "litert"] | None = None
+    batching: bool | None = None
+    batch_max_size: int | None = Field(None, ge=1)
+    batch_max_delay_ms: float | None = Field(None, ge=0, le=1000)
+    batch_queue_size: int | None = Field(None, ge=1)
 
 
 class Settings(BaseSettings):
@@ -53,6 +65,14 @@ class Settings(BaseSettings):
     admin_state_file: Path | None = None
     intra_op_threads: int = Field(0, ge=0)  # 0 = derived from cores / workers
     inter_op_threads: int = Field(0, ge=0)
+    # Performance (service/serving.py, service/batching.py); per-model overrides in
+    # LAYERSCOPE_SERVING, e.g. '{"fraud": {"runtime": "keras", "batching": false}}'.
+    runtime: Literal["auto", "keras", "litert"] = "auto"  # auto: LiteRT where it converts
+    batching: bool = True  # dynamic batching of plain predictions
+    batch_max_size: int = Field(64, ge=1)  # rows per batched model call
+    batch_max_delay_ms: float = Field(0.0, ge=0, le=1000)  # 0: batch what is already queued
+    batch_queue_size: int = Field(256, ge=1)  # waiting requests per model; then 503
+    serving: dict[str, ServingOverride] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _derive_threads(self) -> Settings:

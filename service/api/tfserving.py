@@ -18,6 +18,7 @@ from service import inputs
 from service.api import compute, repository, resolve, settings
 from service.errors import InvalidInput
 from service.repository import FAILED, LOADING, READY, SKIPPED
+from service.security import require_introspection
 
 bp = Blueprint("tfserving", __name__, url_prefix="/v1")
 
@@ -107,6 +108,8 @@ def _predict(name: str, version: int | None):
     layers = body.get("output_layers") or []
     if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
         raise InvalidInput(f"output_layers must be a list of layer names; got {layers!r}")
+    if any(n != runtime.output_layer_name for n in layers):
+        require_introspection()  # hidden-layer outputs reveal model internals
     if "instances" in body:
         instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
         instances = [_unwrap_named(i) for i in instances]

@@ -14,6 +14,7 @@ from service import inputs
 from service.api import compute, parse_version, repository, resolve, settings
 from service.errors import InvalidInput, ModelNotFound
 from service.repository import READY
+from service.security import require_introspection
 
 bp = Blueprint("v2", __name__, url_prefix="/v2")
 
@@ -125,6 +126,8 @@ def infer(name: str, version: str | None = None):
     if params is not None and not isinstance(params, dict):
         raise InvalidInput(f"'parameters' must be an object; got {params!r}")
     names = _requested_outputs(body, runtime)
+    if any(n != runtime.output_layer_name for n in names):
+        require_introspection()  # hidden-layer outputs reveal model internals
     x = inputs.decode_v2_tensor(tensor, runtime, cfg.max_batch_size, cfg.max_image_pixels)
     final = runtime.output_layer_name
     extra = [n for n in names if n != final]

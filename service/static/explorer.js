@@ -13,11 +13,25 @@ function setStatus(text, isError) {
   el.className = isError ? "error" : "";
 }
 
-async function api(path, body) {
-  const opts = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+// With LAYERSCOPE_INTROSPECTION_TOKEN set the data calls answer 401: ask for the token
+// once and keep it for this tab only (sessionStorage), sent as a bearer token.
+const TOKEN_KEY = "layerscope-introspection-token";
+
+async function api(path, body, retried) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  const headers = token ? { Authorization: `Bearer ${token}` } : {};
+  const opts = body === undefined ? { headers } : {
+    method: "POST", headers: { ...headers, "Content-Type": "application/json" },
+    body: JSON.stringify(body),
   };
   const resp = await fetch(path, opts);
+  if ((resp.status === 401 || resp.status === 403) && !retried) {
+    const entered = window.prompt("This server protects introspection with a token:");
+    if (entered) {
+      sessionStorage.setItem(TOKEN_KEY, entered);
+      return api(path, body, true);
+    }
+  }
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) throw new Error(data.error || `${resp.status} ${resp.statusText}`);
   return data;
