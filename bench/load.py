@@ -24,13 +24,13 @@ class LoadResult:
         return self.__dict__.copy()
 
 
-
-
 def parse_hey(output: str) -> dict:
     """Requests/sec, latency percentiles (ms), status counts from hey's text summary."""
     rps = float(re.search(r"Requests/sec:\s+([0-9.]+)", output).group(1))
-    pct = {int(m.group(1)): float(m.group(2)) * 1000 for m in re.finditer(
-        r"^\s*(\d+)% in ([0-9.]+) secs", output, re.M)}
+    pct = {
+        int(m.group(1)): float(m.group(2)) * 1000
+        for m in re.finditer(r"^\s*(\d+)% in ([0-9.]+) secs", output, re.M)
+    }
     statuses = {int(c): int(n) for c, n in re.findall(r"\[(\d{3})\]\s+(\d+) responses", output)}
     error_lines = re.search(r"Error distribution:\n((?:\s+\[\d+\].*\n?)*)", output)
     transport_errors = 0
@@ -49,14 +49,34 @@ def run_hey(url: str, body: bytes, *, concurrency: int, seconds: float) -> LoadR
         handle.write(body)
         handle.flush()
         out = subprocess.run(
-            ["hey", "-z", f"{seconds}s", "-c", str(concurrency), "-m", "POST",
-             "-T", "application/json", "-D", handle.name, "-t", "30", url],
-            capture_output=True, text=True, check=True,
+            [
+                "hey",
+                "-z",
+                f"{seconds}s",
+                "-c",
+                str(concurrency),
+                "-m",
+                "POST",
+                "-T",
+                "application/json",
+                "-D",
+                handle.name,
+                "-t",
+                "30",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
     parsed = parse_hey(out)
     return LoadResult(
-        url=url, concurrency=concurrency, requests=parsed["ok"] + parsed["errors"],
-        rps=parsed["rps"], p50_ms=parsed["pct"].get(50, float("nan")),
-        p90_ms=parsed["pct"].get(90, float("nan")), p99_ms=parsed["pct"].get(99, float("nan")),
+        url=url,
+        concurrency=concurrency,
+        requests=parsed["ok"] + parsed["errors"],
+        rps=parsed["rps"],
+        p50_ms=parsed["pct"].get(50, float("nan")),
+        p90_ms=parsed["pct"].get(90, float("nan")),
+        p99_ms=parsed["pct"].get(99, float("nan")),
         errors=parsed["errors"],
     )

@@ -1,34 +1,39 @@
-"""The naive server: Flask + `model.predict` per request, the way most tutorials serve a
-Keras model. Loaded lazily in each worker (after fork) from LAYERSCOPE_BENCH_MODEL, a
-version folder holding model.keras."""
+"""The naive server: Flask + ``model.predict`` per request, the way most tutorials serve a
+Keras model. Each model is loaded lazily in each worker (after fork) from the latest
+version in ``LAYERSCOPE_BENCH_REPOSITORY/<name>/``; ``POST /models/<name>/predict`` takes
+``{"instances": [...]}`` and returns the raw probabilities."""
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 from flask import Flask, jsonify, request
 
 app = Flask(__name__)
 _lock = threading.Lock()
-_model = None
+_models: dict = {}
 
 
-def _get_model():
-    global _model
+def _get_model(name: str):
     with _lock:
-        if _model is None:
+        if name not in _models:
             import keras
 
-            path = os.path.join(os.environ["LAYERSCOPE_BENCH_MODEL"], "model.keras")
-            _model = keras.saving.load_model(path, safe_mode=True, compile=False)
-    return _model
+            folder = Path(os.environ["LAYERSCOPE_BENCH_REPOSITORY"]) / name
+            versions = [p for p in folder.iterdir() if p.name.isdigit()]
+            latest = max(versions, key=lambda p: int(p.name))
+            _models[name] = keras.saving.load_model(
+                latest / "model.keras", safe_mode=True, compile=False
+            )
+    return _models[name]
 
 
-@app.post("/predict")
-def predict():
+@app.post("/models/<name>/predict")
+def predict(name: str):
     body = request.get_json(force=True)
     x = np.asarray(body["instances"], dtype="float32")
-    model = _get_model()
+    model = _get_model(name)
     if len(model.input_shape) == 4 and x.ndim == 3:
         x = x[..., None]
     probs = model.predict(x, verbose=0)
@@ -37,5 +42,4 @@ def predict():
 
 @app.get("/healthz")
 def healthz():
-    _get_model()
     return jsonify(status="alive")

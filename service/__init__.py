@@ -18,7 +18,7 @@ import orjson
 from flask import Flask
 from flask.json.provider import JSONProvider
 
-from service import errors
+from service import errors, serving
 from service.repository import ModelRepository
 from service.settings import Settings, load_settings
 
@@ -31,6 +31,8 @@ OPTIONAL_MODULES = (
     "service.security",
     "service.api.admin",
     "service.openapi",
+    "service.warmup",
+    "service.batching",
 )
 
 
@@ -93,7 +95,10 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     errors.install(app)
 
     repository = ModelRepository(
-        settings.model_repository, settings.poll_interval, max_versions=settings.max_versions
+        settings.model_repository,
+        settings.poll_interval,
+        runtime_factory=serving.runtime_factory(settings),
+        max_versions=settings.max_versions,
     )
     app.extensions["layerscope"] = Layerscope(settings, repository)
 

@@ -51,7 +51,13 @@ class ModelNotReady(LayerscopeError):
 
 
 class Overloaded(LayerscopeError):
+    """503 with ``Retry-After``: a bounded queue is full (service/batching.py)."""
+
     status = 503
+
+    def __init__(self, message: str, status: int | None = None, retry_after: int = 1):
+        super().__init__(message, status)
+        self.retry_after = retry_after
 
 
 def error_response(status: int, message: str):
@@ -65,7 +71,11 @@ def install(app: Flask) -> None:
 
     @app.errorhandler(LayerscopeError)
     def _layerscope_error(exc: LayerscopeError):
-        return error_response(exc.status, exc.message)
+        response = error_response(exc.status, exc.message)
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            response[0].headers["Retry-After"] = str(retry_after)
+        return response
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

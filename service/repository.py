@@ -149,6 +149,10 @@ class ModelRepository:
     def _load_one(self, state: VersionState) -> None:
         start = time.perf_counter()
         try:
+            for fname in ("metadata.json", "model.keras", "reference.npz"):
+                file = state.path / fname  # a symlink must not lead outside the repository
+                if file.is_symlink() and not self._inside_root(file):
+                    raise LoadError(f"{fname} resolves outside the repository")
             metadata = read_metadata(state.path)
             if str(metadata.get("name")) != state.name:
                 raise LoadError(

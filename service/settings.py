@@ -27,7 +27,7 @@ class ServingOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runtime: Literal["auto", "keras", "litert"] | None = None
-    batching: bool | None = None
+    batching: Literal["auto"] | bool | None = None
     batch_max_size: int | None = Field(None, ge=1)
     batch_max_delay_ms: float | None = Field(None, ge=0, le=1000)
     batch_queue_size: int | None = Field(None, ge=1)
@@ -68,7 +68,9 @@ class Settings(BaseSettings):
     # Performance (service/serving.py, service/batching.py); per-model overrides in
     # LAYERSCOPE_SERVING, e.g. '{"fraud": {"runtime": "keras", "batching": false}}'.
     runtime: Literal["auto", "keras", "litert"] = "auto"  # auto: LiteRT where it converts
-    batching: bool = True  # dynamic batching of plain predictions
+    # dynamic batching of plain predictions; auto: on where a batched call is measured
+    # (at load) to be much cheaper per row than single-row calls
+    batching: Literal["auto"] | bool = "auto"
     batch_max_size: int = Field(64, ge=1)  # rows per batched model call
     batch_max_delay_ms: float = Field(0.0, ge=0, le=1000)  # 0: batch what is already queued
     batch_queue_size: int = Field(256, ge=1)  # waiting requests per model; then 503

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flask import current_app, g
 
-from service import metrics
+from service import batching, metrics
 from service.errors import PayloadTooLarge
 
 
@@ -82,13 +82,50 @@ def compute(
         acts = runtime.activations(x, wanted)
         raw = acts[final]
         result = Result(raw, runtime.probabilities(raw), {n: acts[n] for n in layers})
-    else:
-        raw = runtime.raw_predict(x)
+    else:  # plain predictions share batched model calls (service/batching.py)
+        raw = batching.predict(runtime, x)
         result = Result(raw, runtime.probabilities(raw))
     result.seconds = time.perf_counter() - start
     g.layerscope_compute_seconds = result.seconds
     metrics.observe_predict(runtime, x, raw, result.seconds, result.layers)
     return result
+
+
+def format_predictions(runtime, probs: np.ndarray) -> list[dict]:
+    """``[format_prediction(runtime, row) for row in probs]``, identical output, with the
+    per-row numpy work done once for the whole batch (a 256-row request spent more time
+    formatting than computing)."""
+    classes = runtime.class_names
+    table = np.asarray(probs, dtype=np.float32)
+    rows = table.tolist()
+    if runtime.binary:
+        threshold = 0.5 if runtime.threshold is None else float(runtime.threshold)
+        positive_key = f"{classes[1]}_probability"
+        out = []
+        for p in rows:
+            index = 1 if p[1] >= threshold else 0
+            entry = {
+                "label": classes[index],
+                "class_index": index,
+                "score": p[index],
+                "probabilities": dict(zip(classes, p, strict=True)),
+            }
+            entry[positive_key] = p[1]
+            entry.update(
+                positive_probability=p[1], decision=classes[index], threshold=threshold
+            )
+            out.append(entry)
+        return out
+    indices = np.argmax(table, axis=1).tolist() if len(rows) else []
+    return [
+        {
+            "label": classes[index],
+            "class_index": index,
+            "score": p[index],
+            "probabilities": dict(zip(classes, p, strict=True)),
+        }
+        for index, p in zip(indices, rows, strict=True)
+    ]
 
 
 def format_prediction(runtime, probs: np.ndarray) -> dict:

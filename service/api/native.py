@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from service import inputs
-from service.api import compute, format_prediction, repository, resolve, settings
+from service.api import compute, format_predictions, repository, resolve, settings
 from service.repository import READY
 
 bp = Blueprint("native", __name__)
@@ -71,7 +71,7 @@ def _predict(name: str, version: int | None):
         {
             "model": runtime.name,
             "version": runtime.version,
-            "predictions": [format_prediction(runtime, row) for row in result.probabilities],
+            "predictions": format_predictions(runtime, result.probabilities),
         }
     )
 

@@ -1,0 +1,724 @@
+"""``python -m bench``: Layerscope against the naive server and the HTTP ceiling.
+
+Starts each server in turn under the same Gunicorn settings (``service/gunicorn_conf.py``,
+same workers and threads), drives it with ``hey`` and prints a Markdown report: latency
+percentiles and requests/s per model, mode and concurrency, the in-process figures of the
+same runtime, and the ratios issue 6 sets as targets. See docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.load import LoadResult, run_hey
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_MODELS = ("fraud", "fashion", "mnist")
+TINY_OVERRIDES = {
+    "fraud": {"dataset.limit": 3000, "training.epochs": 2},
+    "fashion": {"dataset.limit": 2000, "training.epochs": 1},
+}
+BATCH_ROWS = {"tabular": 256, "image": 64}
+
+
+# -- models ---------------------------------------------------------------------------------
+def latest_version(model_dir: Path) -> Path | None:
+    versions = (
+        [p for p in model_dir.iterdir() if p.name.isdigit() and (p / "metadata.json").is_file()]
+        if model_dir.is_dir()
+        else []
+    )
+    return max(versions, key=lambda p: int(p.name)) if versions else None
+
+
+def prepare_repository(args, work: Path) -> Path:
+    """A private repository holding the latest version of each benchmarked model."""
+    repo = work / "models"
+    repo.mkdir()
+    if args.train_tiny:
+        from training.train import train
+
+        data_dir = os.environ.get("LAYERSCOPE_DATA_DIR", str(ROOT.parent / "shared" / "datasets"))
+        for name in args.models:
+            if name not in TINY_OVERRIDES:
+                raise SystemExit(f"--train-tiny knows {sorted(TINY_OVERRIDES)}, not {name!r}")
+            print(f"training a tiny {name} model ...", file=sys.stderr, flush=True)
+            train(
+                ROOT / "models" / name / "model.yaml",
+                models_root=repo,
+                data_dir=data_dir,
+                overrides=TINY_OVERRIDES[name],
+            )
+        return repo
+    source = Path(args.repository or os.environ.get("LAYERSCOPE_MODEL_REPOSITORY", "models"))
+    for name in args.models:
+        version = latest_version(source / name)
+        if version is None:
+            raise SystemExit(
+                f"no published version of {name!r} in {source}: train it (python -m training "
+                f"train models/{name}/model.yaml) or pass --train-tiny"
+            )
+        shutil.copytree(version, repo / name / version.name)
+    return repo
+
+
+@dataclass
+class Model:
+    name: str
+    kind: str
+    version_dir: Path
+    single: bytes  # one instance
+    batched: bytes  # BATCH_ROWS[kind] instances
+    batch_rows: int
+    activations: bytes  # one instance, every hidden layer, values + stats
+
+
+def load_models(repo: Path) -> list[Model]:
+    import numpy as np
+
+    models = []
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir()):
+        version = latest_version(model_dir)
+        meta = json.loads((version / "metadata.json").read_text())
+        kind = meta["input"].get("kind", "tabular")
+        with np.load(version / "reference.npz") as ref:
+            x = np.asarray(ref["x"], dtype=np.float32)
+        if kind == "image":  # raw 0..255 pixels as integers, 28 x 28, as clients send them
+            x = np.rint(x.reshape(len(x), *meta["input"]["shape"][:2])).astype(int)
+        rows = BATCH_ROWS[kind]
+        batch = np.concatenate([x] * (rows // len(x) + 1))[:rows].tolist()
+        one = x[:1].tolist()
+        models.append(
+            Model(
+                name=model_dir.name,
+                kind=kind,
+                version_dir=version,
+                single=json.dumps({"instances": one}).encode(),
+                batched=json.dumps({"instances": batch}).encode(),
+                batch_rows=rows,
+                activations=json.dumps({"instances": one, "include": ["values", "stats"]}).encode(),
+            )
+        )
+    return models
+
+
+# -- servers --------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    label: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+    rss_before: list[int] = field(default_factory=list)
+    rss_after: list[int] = field(default_factory=list)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def workers(self) -> list[int]:
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                pids.append(int(stat.parent.name))
+        return sorted(pids)
+
+    def rss_kb(self) -> list[int]:
+        out = []
+        for pid in self.workers():
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            out += [int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")]
+        return out
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(
+    label: str, app: str | None, env_extra: dict, args, work: Path, ready_path: str
+) -> Server:
+    """``app`` None: Layerscope through service/entrypoint.sh; else a WSGI target served
+    by the same Gunicorn config."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LAYERSCOPE_HOST": "127.0.0.1",
+        "LAYERSCOPE_PORT": str(port),
+        "LAYERSCOPE_WORKERS": str(args.workers),
+        "LAYERSCOPE_THREADS": str(args.threads),
+        "LAYERSCOPE_LOG_LEVEL": "info",  # the default: access logs are part of the cost
+        "PROMETHEUS_MULTIPROC_DIR": str(work / f"metrics-{port}"),
+        "PYTHONPATH": str(ROOT),
+        "CUDA_VISIBLE_DEVICES": "",
+        **env_extra,
+    }
+    log = work / f"server-{port}.log"
+    if app is None:
+        cmd = ["sh", str(ROOT / "service" / "entrypoint.sh")]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            str(ROOT / "service" / "gunicorn_conf.py"),
+            app,
+        ]
+    with open(log, "wb") as fh:
+        process = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    server = Server(label, process, port, log)
+    deadline, streak = time.time() + args.start_timeout, 0
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{label} exited with {process.returncode}:\n{tail(log)}")
+        try:  # new connection each time: several 200s in a row = every worker is ready
+            with urllib.request.urlopen(server.base + ready_path, timeout=5) as resp:
+                ok = resp.status == 200 and len(server.workers()) >= args.workers
+        except (urllib.error.URLError, OSError):
+            ok = False
+        streak = streak + 1 if ok else 0
+        if streak >= 4 * args.workers:
+            return server
+        time.sleep(0.05 if ok else 0.5)
+    server.stop()
+    raise RuntimeError(f"{label} not ready after {args.start_timeout}s:\n{tail(log)}")
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def warm(server: Server, url: str, body: bytes, args) -> None:
+    """Every worker and thread has served the endpoint before anything is measured."""
+    run_hey(url, body, concurrency=max(4, args.workers * args.threads), seconds=args.warmup)
+
+
+# -- the run --------------------------------------------------------------------------------
+@dataclass
+class Row:
+    model: str
+    server: str
+    request: str
+    result: LoadResult
+    rows: int = 1
+
+
+@dataclass
+class Spec:
+    """A server to start: ``kind`` is layerscope, naive or ceiling."""
+
+    label: str
+    kind: str
+    mode: tuple[str, str] | None = None
+
+
+def layerscope_spec(mode: tuple[str, str]) -> Spec:
+    return Spec(f"layerscope batching={mode[0]} runtime={mode[1]}", "layerscope", mode)
+
+
+def start_spec(spec: Spec, repo: Path, args, work: Path) -> Server:
+    if spec.kind == "ceiling":
+        return start_server(spec.label, "bench.ceiling:app", {}, args, work, "/healthz")
+    if spec.kind == "naive":
+        return start_server(
+            spec.label,
+            "bench.naive:app",
+            {"LAYERSCOPE_BENCH_REPOSITORY": str(repo)},
+            args,
+            work,
+            "/healthz",
+        )
+    batching, runtime = spec.mode
+    env = {
+        "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
+        "LAYERSCOPE_POLL_INTERVAL": "0",
+        "LAYERSCOPE_BATCHING": {"on": "true", "off": "false"}.get(batching, batching),
+        "LAYERSCOPE_RUNTIME": runtime,
+    }
+    return start_server(spec.label, None, env, args, work, "/readyz")
+
+
+def requests_for(
+    spec: Spec, model: Model, args, default: bool
+) -> list[tuple[str, str, bytes, list[int], int]]:
+    """(request label, path, body, concurrency levels, rows per request) a server gets."""
+    single_levels = sorted({*args.concurrency, 32}) if model.kind == "image" else args.concurrency
+    if spec.kind == "ceiling":
+        return [("single", "/predict", model.single, single_levels, 1)]
+    if spec.kind == "naive" and args.smoke and model.kind != "tabular":
+        return []  # the smoke keeps the slow naive server to the fraud comparison
+    predict = f"/models/{model.name}/predict"
+    out = [
+        ("single", predict, model.single, single_levels, 1),
+        (
+            f"batch {model.batch_rows}",
+            predict,
+            model.batched,
+            [args.batch_concurrency],
+            model.batch_rows,
+        ),
+    ]
+    if spec.kind == "layerscope" and default:
+        out.append(("activations", f"/models/{model.name}/activations", model.activations, [1], 1))
+    return out
+
+
+def run_group(specs: list[Spec], models: list[Model], repo: Path, args, work: Path):
+    """Start the servers of one comparison together and interleave their cells, so the
+    ratios between them are measured side by side (the machine may be shared)."""
+    servers: list[Server] = []
+    rows: list[Row] = []
+    extras: list[dict] = []
+    try:
+        for spec in specs:
+            servers.append(start_spec(spec, repo, args, work))
+        plans = {}
+        for spec, server in zip(specs, servers, strict=True):
+            default = spec.mode == args.modes[0]
+            plans[spec.label] = {m.name: requests_for(spec, m, args, default) for m in models}
+            for model in models:
+                for _, path, body, _, _ in plans[spec.label][model.name]:
+                    warm(server, server.base + path, body, args)
+            server.rss_before = server.rss_kb()
+        for model in models:
+            cells = []  # (request, c) in a stable order, each run on every server in turn
+            for spec in specs:
+                for request, _, _, levels, _ in plans[spec.label][model.name]:
+                    cells += [(request, c) for c in levels if (request, c) not in cells]
+            for request, c in cells:
+                for spec, server in zip(specs, servers, strict=True):
+                    for label, path, body, levels, nrows in plans[spec.label][model.name]:
+                        if label != request or c not in levels:
+                            continue
+                        result = run_hey(
+                            server.base + path, body, concurrency=c, seconds=args.duration
+                        )
+                        rows.append(Row(model.name, spec.label, request, result, nrows))
+                        print(
+                            f"  {spec.label:<38} {model.name:<8} {request:<12} c={c:<3} "
+                            f"{result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+        for spec, server in zip(specs, servers, strict=True):
+            if spec.kind != "layerscope":
+                continue
+            server.rss_after = server.rss_kb()
+            described = {}
+            for model in models:
+                url = f"{server.base}/models/{model.name}"
+                with urllib.request.urlopen(url, timeout=10) as resp:
+                    described[model.name] = (json.load(resp).get("metadata") or {}).get("runtime")
+            extras.append(
+                {
+                    "label": spec.label,
+                    "rss_before": server.rss_before,
+                    "rss_after": server.rss_after,
+                    "runtimes": described,
+                    "batching": batching_decisions(server.log),
+                }
+            )
+    finally:
+        for server in servers:
+            server.stop()
+    return rows, extras
+
+
+def batching_decisions(log: Path) -> dict[str, str]:
+    """What each model's batcher decided, from the workers' JSON log lines."""
+    out: dict[str, str] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("logger") == "layerscope.batching":
+            why = entry.get("decision") or {}
+            text = "on" if why.get("batching") else "off"
+            if "gain_at_16_rows" in why:
+                text += (
+                    f" (auto: single row {why['single_row_ms']} ms, "
+                    f"16 rows {why['gain_at_16_rows']}x cheaper per row)"
+                )
+            out[str(entry.get("model"))] = text
+    return out
+
+
+def groups(args) -> list[list[Spec]]:
+    """The default mode beside the HTTP ceiling and the naive server, then batching on
+    beside off for each runtime."""
+    first = [layerscope_spec(args.modes[0])]
+    first += [Spec("HTTP ceiling (constant)", "ceiling")] if "ceiling" not in args.skip else []
+    first += [Spec("naive (Flask + model.predict)", "naive")] if "naive" not in args.skip else []
+    out = [first]
+    for runtime in dict.fromkeys(m[1] for m in args.modes[1:]):
+        specs = [layerscope_spec(m) for m in args.modes[1:] if m[1] == runtime]
+        if len(specs) == 1 and runtime == args.modes[0][1]:
+            first += specs  # its pair is the default mode: measure them side by side
+        else:
+            out.append(specs)
+    return out
+
+
+def run_inprocess(models: list[Model], runtimes: list[str], args) -> dict:
+    out = {}
+    env = {
+        **os.environ,
+        "LAYERSCOPE_WORKERS": str(args.workers),
+        "CUDA_VISIBLE_DEVICES": "",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    for model in models:
+        for runtime in runtimes:
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.inprocess",
+                str(model.version_dir),
+                runtime,
+                "--batch",
+                str(model.batch_rows),
+                "--seconds",
+                str(max(1.0, args.duration)),
+                "--callers",
+                str(args.workers),
+            ]
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"in-process {model.name} {runtime} failed:\n{proc.stderr}")
+            out[(model.name, runtime)] = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(
+                f"  in-process {model.name} {runtime}: {out[(model.name, runtime)]}",
+                file=sys.stderr,
+                flush=True,
+            )
+    return out
+
+
+# -- report ---------------------------------------------------------------------------------
+def fmt(v: float, digits: int = 1) -> str:
+    return "n/a" if v != v else f"{v:,.{digits}f}"
+
+
+def find(rows: list[Row], model: str, server_prefix: str, request: str, c: int) -> Row | None:
+    for row in rows:
+        if (
+            row.model == model
+            and row.server.startswith(server_prefix)
+            and row.request == request
+            and row.result.concurrency == c
+        ):
+            return row
+    return None
+
+
+def check(name: str, value: float, target: str, ok: bool) -> str:
+    verdict = "met" if ok else "**not met**"
+    return f"| {name} | {fmt(value, 2)} | {target} | {verdict} |"
+
+
+def report(
+    rows: list[Row], inproc: dict, extras: list[dict], models: list[Model], args, machine: dict
+) -> str:
+    lines = [
+        "## Machine",
+        "",
+        f"- CPU: {machine['cpu']} ({machine['nproc']} cores visible), {machine['python']}",
+        f"- load average before / after: {machine['load_before']} / {machine['load_after']}",
+        f"- Gunicorn: {args.workers} workers x {args.threads} gthread threads for every server; "
+        f"hey for {args.duration:g} s per cell",
+        f"- command: `{machine['command']}`",
+        "",
+        "## HTTP (hey)",
+        "",
+        "| model | server / mode | request | c | req/s | rows/s | p50 ms | p90 ms | p99 ms | "
+        "errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        r = row.result
+        lines.append(
+            f"| {row.model} | {row.server} | {row.request} | {r.concurrency} | {fmt(r.rps)} | "
+            f"{fmt(r.rps * row.rows, 0)} | {fmt(r.p50_ms, 2)} | {fmt(r.p90_ms, 2)} | "
+            f"{fmt(r.p99_ms, 2)} | {r.errors} |"
+        )
+    lines += [
+        "",
+        "## In-process (same runtime, called directly)",
+        "",
+        "| model | runtime | single-row p50 ms | single-row p99 ms | single-row calls/s | "
+        f"batched rows/s ({args.workers} callers) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (name, runtime), f in inproc.items():
+        lines.append(
+            f"| {name} | {runtime} ({f['runtime']}) | {fmt(f['single_p50_ms'], 3)} | "
+            f"{fmt(f['single_p99_ms'], 3)} | {fmt(f['single_rps'], 0)} | "
+            f"{fmt(f['batch_rows_per_s'], 0)} (batch {f['batch']}) |"
+        )
+    default = "layerscope batching={} runtime={}".format(*args.modes[0])
+    lines += [
+        "",
+        "## Targets (issue 6)",
+        "",
+        "| ratio | value | target | verdict |",
+        "|---|---:|---|---|",
+    ]
+    tab = next((m for m in models if m.kind == "tabular"), None)
+    img = next((m for m in models if m.kind == "image"), None)
+    nan = float("nan")
+
+    def rps(row):
+        return row.result.rps if row else nan
+
+    if tab is not None:
+        c16 = 16 if 16 in args.concurrency else max(args.concurrency)
+        ours = rps(find(rows, tab.name, default, "single", c16))
+        ceiling = rps(find(rows, tab.name, "HTTP ceiling", "single", c16))
+        naive = rps(find(rows, tab.name, "naive", "single", c16))
+        lines.append(
+            check(
+                f"{tab.name} single-row c{c16}: Layerscope / HTTP ceiling",
+                ours / ceiling,
+                ">= 0.7",
+                ours / ceiling >= 0.7,
+            )
+        )
+        lines.append(
+            check(
+                f"{tab.name} single-row c{c16}: Layerscope / naive",
+                ours / naive,
+                ">= 30",
+                ours / naive >= 30,
+            )
+        )
+    if img is not None:
+        for runtime in sorted({m[1] for m in args.modes}):
+            on = find(rows, img.name, f"layerscope batching=on runtime={runtime}", "single", 32)
+            off = find(rows, img.name, f"layerscope batching=off runtime={runtime}", "single", 32)
+            if on and off:
+                lines.append(
+                    check(
+                        f"{img.name} c32 ({runtime}): batching on / off req/s",
+                        rps(on) / rps(off),
+                        ">= 2",
+                        rps(on) / rps(off) >= 2,
+                    )
+                )
+            on1 = find(rows, img.name, f"layerscope batching=on runtime={runtime}", "single", 1)
+            off1 = find(rows, img.name, f"layerscope batching=off runtime={runtime}", "single", 1)
+            if on1 and off1:
+                ratio = on1.result.p99_ms / off1.result.p99_ms
+                lines.append(
+                    check(
+                        f"{img.name} c1 ({runtime}): p99 batching on / off",
+                        ratio,
+                        "<= 1.5",
+                        ratio <= 1.5,
+                    )
+                )
+    for model in models:
+        runtime = args.modes[0][1]
+        f = inproc.get((model.name, runtime))
+        row = find(rows, model.name, default, f"batch {model.batch_rows}", args.batch_concurrency)
+        if f and row:
+            ratio = row.result.rps * model.batch_rows / f["batch_rows_per_s"]
+            lines.append(
+                check(
+                    f"{model.name} {model.batch_rows}-row requests: HTTP rows/s / "
+                    "in-process rows/s",
+                    ratio,
+                    ">= 0.6",
+                    ratio >= 0.6,
+                )
+            )
+    for model in models:
+        act = find(rows, model.name, default, "activations", 1)
+        pred = find(rows, model.name, default, "single", 1)
+        if act and pred:
+            ratio = act.result.p50_ms / pred.result.p50_ms
+            lines.append(
+                check(
+                    f"{model.name} all-hidden-layer activations / predict (p50, c1)",
+                    ratio,
+                    "<= 1.5",
+                    ratio <= 1.5,
+                )
+            )
+    lines += [
+        "",
+        "## Worker memory (VmRSS from /proc, MiB per worker)",
+        "",
+        "| server | after warm-up | after the load | growth |",
+        "|---|---|---|---:|",
+    ]
+    for extra in extras:
+        before, after = extra.get("rss_before") or [], extra.get("rss_after") or []
+        if before and after:
+            growth = (sum(after) - sum(before)) / sum(before) * 100
+            lines.append(
+                f"| {extra['label']} | {', '.join(f'{b / 1024:.0f}' for b in before)} | "
+                f"{', '.join(f'{a / 1024:.0f}' for a in after)} | {growth:+.1f} % |"
+            )
+    lines += [
+        "",
+        "## What each Layerscope server ran",
+        "",
+        "Runtime of plain predictions from `GET /models/{name}` (`metadata.runtime`), "
+        "batching decision from the workers' logs (one line per worker and model; the "
+        "last one shown).",
+        "",
+    ]
+    for extra in extras:
+        for name, described in (extra.get("runtimes") or {}).items():
+            runtime = (
+                (described or {}).get("predict", "tensorflow")
+                if isinstance(described, dict)
+                else "tensorflow"
+            )
+            decision = (extra.get("batching") or {}).get(name, "n/a")
+            lines.append(f"- {extra['label']}, {name}: runtime {runtime}, batching {decision}")
+    return "\n".join(lines) + "\n"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated (default: fraud,fashion,mnist where published)",
+    )
+    parser.add_argument(
+        "--repository",
+        default=None,
+        help="model repository (default: $LAYERSCOPE_MODEL_REPOSITORY or models/)",
+    )
+    parser.add_argument(
+        "--train-tiny",
+        action="store_true",
+        help="train tiny fraud + fashion models into a temporary repository",
+    )
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell")
+    parser.add_argument("--concurrency", default="1,4,16,64")
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument(
+        "--modes",
+        default="auto:auto,on:litert,off:litert,on:keras,off:keras",
+        help="Layerscope modes batching:runtime (batching auto/on/off, runtime "
+        "auto/litert/keras); the first is the default mode",
+    )
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--skip", default="", help="comma-separated: naive,ceiling,inprocess")
+    parser.add_argument("--start-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CI: about 10 s of load in total (short cells, c 1 and 16)",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    args.concurrency = [int(c) for c in args.concurrency.split(",") if c]
+    args.modes = [tuple(m.split(":", 1)) for m in args.modes.split(",") if m]
+    args.skip = {s for s in args.skip.split(",") if s}
+    if args.smoke:
+        args.duration, args.warmup = 0.4, 0.3
+        args.concurrency = [1, 16]
+        args.modes = [("on", "auto"), ("off", "auto")]
+    if args.models:
+        args.models = [m for m in args.models.split(",") if m]
+    elif args.train_tiny:
+        args.models = list(TINY_OVERRIDES)
+    else:
+        source = Path(args.repository or os.environ.get("LAYERSCOPE_MODEL_REPOSITORY", "models"))
+        args.models = [m for m in DEFAULT_MODELS if latest_version(source / m)]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("hey") is None:
+        print("the load generator `hey` is missing: apt-get install hey", file=sys.stderr)
+        return 2
+    machine = {
+        "cpu": cpu_model(),
+        "nproc": os.cpu_count(),
+        "load_before": load_average(),
+        "python": f"Python {platform.python_version()}",
+        "command": "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
+    with tempfile.TemporaryDirectory(prefix="layerscope-bench-") as tmp:
+        work = Path(tmp)
+        repo = prepare_repository(args, work)
+        models = load_models(repo)
+        rows, extras = [], []
+        for group in groups(args):
+            found, extra = run_group(group, models, repo, args, work)
+            rows += found
+            extras += extra
+        inproc = {}
+        if "inprocess" not in args.skip:
+            inproc = run_inprocess(models, sorted({m[1] for m in args.modes}), args)
+        machine["load_after"] = load_average()
+        text = report(rows, inproc, extras, models, args, machine)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    return 0 if all(row.result.errors == 0 for row in rows) else 1
