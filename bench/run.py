@@ -13,7 +13,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.load import LoadResult, run_hey
+from bench.server import children, free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("fraud", "fashion", "mnist")
@@ -116,12 +116,6 @@ def load_models(repo: Path) -> list[Model]:
 
 
 # -- servers --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     label: str
@@ -136,25 +130,10 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def workers(self) -> list[int]:
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.process.pid:
-                pids.append(int(stat.parent.name))
-        return sorted(pids)
+        return sorted(children(self.process.pid))
 
     def rss_kb(self) -> list[int]:
-        out = []
-        for pid in self.workers():
-            try:
-                text = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            out += [int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:")]
-        return out
+        return [kb for kb in map(rss_kb, self.workers()) if kb]
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -17,9 +17,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench.server import LayerscopeServer, children, rss_kb
+
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 
 
@@ -192,88 +190,22 @@ class Traffic:
 
 
 # -- server ------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def worker_pids(master: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            found.append(int(stat.parent.name))
-    return sorted(found)
+    return sorted(children(master))
 
 
 def rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    return rss_kb(pid) / 1024
 
 
-def start_server(repo: Path, workers: int, threads: int, tmp: Path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "LAYERSCOPE_HOST": "127.0.0.1",
-        "LAYERSCOPE_PORT": str(port),
-        "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
-        "LAYERSCOPE_WORKERS": str(workers),
-        "LAYERSCOPE_THREADS": str(threads),
-        "LAYERSCOPE_LOG_LEVEL": "warning",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-        "CUDA_VISIBLE_DEVICES": "",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    }
-    log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115  (closed by the caller)
-    proc = subprocess.Popen(
-        [str(ROOT / "service" / "entrypoint.sh")],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    return proc, f"http://127.0.0.1:{port}", log
-
-
-def wait_ready(proc, url: str, workers: int, timeout: float = 300) -> None:
-    """Every worker answered /readyz with 200."""
-    deadline = time.monotonic() + timeout
-    ready: set[int] = set()
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("gunicorn exited during start-up")
-        try:
-            r = requests.get(url + "/readyz", timeout=5)
-            if r.status_code == 200:
-                ready.add(r.json()["pid"])
-        except requests.RequestException:
-            pass
-        live = set(worker_pids(proc.pid))
-        if len(live) == workers and ready >= live:
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"workers not ready after {timeout}s")
-
-
-def stop_server(proc) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+def start_server(repo: Path, workers: int, threads: int, tmp: Path) -> LayerscopeServer:
+    return LayerscopeServer(
+        repo,
+        tmp,
+        workers=workers,
+        threads=threads,
+        env={"LAYERSCOPE_LOG_LEVEL": "warning", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    ).start()
 
 
 # -- main --------------------------------------------------------------------------------
@@ -283,9 +215,10 @@ def run(args) -> dict:
         repo = Path(args.models) if args.models else tmp / "models"
         if not args.models:
             publish_tiny_models(repo)
-        proc, url, log = start_server(repo, args.workers, args.threads, tmp)
+        server = start_server(repo, args.workers, args.threads, tmp)
+        url = server.url
         try:
-            wait_ready(proc, url, args.workers)
+            server.wait_workers_ready(300)
             traffic = Traffic(url, request_mix(repo), args.concurrency)
             traffic.start()
             time.sleep(args.warmup)  # allocations of the first requests are not growth
@@ -302,7 +235,7 @@ def run(args) -> dict:
             while True:
                 now = time.monotonic()
                 ok, err = traffic.snapshot()
-                pids = worker_pids(proc.pid)
+                pids = worker_pids(server.pid)
                 rss = {pid: round(rss_mb(pid), 1) for pid in pids}
                 samples.append(
                     {
@@ -325,8 +258,7 @@ def run(args) -> dict:
                 time.sleep(min(args.interval, max(0.0, args.duration - (now - start))))
             traffic.stop()
         finally:
-            stop_server(proc)
-            log.close()
+            server.stop(timeout=60)
     first, last = samples[0], samples[-1]
     same = set(first["rss_mb"]) == set(last["rss_mb"])
     growth = (

@@ -3,11 +3,6 @@ repository with a tiny image model and a tiny tabular model."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +10,8 @@ import pytest
 import requests
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
+from bench.server import LayerscopeServer
+
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless",
@@ -29,57 +25,28 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(repo, tmp_path_factory):
-    port = _free_port()
     tmp = tmp_path_factory.mktemp("gunicorn")
-    env = {
-        **os.environ,
-        "LAYERSCOPE_HOST": "127.0.0.1",
-        "LAYERSCOPE_PORT": str(port),
-        "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
-        "LAYERSCOPE_WORKERS": "2",
-        "LAYERSCOPE_THREADS": "2",
-        "LAYERSCOPE_POLL_INTERVAL": "0",
-        "LAYERSCOPE_LOAD_IN_BACKGROUND": "false",  # a worker accepts only once loaded
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prom"),
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [str(ROOT / "service" / "entrypoint.sh")],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    server = LayerscopeServer(
+        repo,
+        tmp,
+        workers=2,
+        threads=2,
+        multiproc_dir=tmp / "prom",
+        env={
+            "LAYERSCOPE_POLL_INTERVAL": "0",
+            "LAYERSCOPE_LOAD_IN_BACKGROUND": "false",  # a worker accepts only once loaded
+        },
+    ).start()
     try:
-        deadline, streak = time.monotonic() + 180, 0
-        while streak < 4:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"gunicorn did not become ready:\n{(tmp / 'gunicorn.log').read_text()}")
-            try:
-                streak = streak + 1 if requests.get(f"{base}/readyz", timeout=5).ok else 0
-            except requests.RequestException:
-                streak = 0
-            time.sleep(0.3)
-        yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+            server.wait_ready(180, interval=0.3, consecutive=4)
+        except (RuntimeError, TimeoutError):
+            pytest.fail(f"gunicorn did not become ready:\n{server.log_text()}")
+        yield server.url
+    finally:
+        server.stop()
 
 
 def _runs(page) -> int:

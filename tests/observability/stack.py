@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -16,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from bench.server import LayerscopeServer, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-ENTRYPOINT = ROOT / "service" / "entrypoint.sh"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 MODEL = "fraud"
@@ -32,12 +31,6 @@ CONFIG = {
         {"kind": "dense", "units": 4, "activation": "tanh"},
     ],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def samples(n: int, seed: int = 0) -> np.ndarray:
@@ -130,72 +123,25 @@ def wait_for(predicate, timeout: float, interval: float = 0.25, what: str = "con
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
-class Server:
+class Server(LayerscopeServer):
     """service/entrypoint.sh (Gunicorn + the app) on a free 127.0.0.1 port."""
 
     def __init__(self, repo: Path, workdir: Path, workers: int = 2, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.multiproc_dir = workdir / "prometheus-multiproc"
-        self.log_path = workdir / "gunicorn.log"
-        self.env = {
-            **os.environ,
-            "LAYERSCOPE_HOST": "127.0.0.1",
-            "LAYERSCOPE_PORT": str(self.port),
-            "LAYERSCOPE_WORKERS": str(workers),
-            "LAYERSCOPE_THREADS": "2",
-            "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
-            "LAYERSCOPE_POLL_INTERVAL": "1",
-            "PROMETHEUS_MULTIPROC_DIR": str(self.multiproc_dir),
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "CUDA_VISIBLE_DEVICES": "",
-            **env,
-        }
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Server:
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen(
-            [str(ENTRYPOINT)],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            repo,
+            workdir,
+            workers=workers,
+            threads=2,
+            multiproc_dir=workdir / "prometheus-multiproc",
+            append_log=True,
+            env={"LAYERSCOPE_POLL_INTERVAL": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env},
         )
-        return self
-
-    def wait_ready(self, timeout: float = 180) -> None:
-        def ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited {self.proc.returncode}:\n{self.log()}")
-            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
-
-        wait_for(ready, timeout, interval=0.5, what="/readyz 200")
-
-    def worker_pids(self) -> set[int]:
-        """Children of the Gunicorn master (the entrypoint execs into the master)."""
-        out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True
-        ).stdout
-        return {int(p) for p in out.split()}
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        return self.log_text()
 
     def log_records(self) -> list[dict]:
         return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if getattr(self, "_log", None):
-            self._log.close()
 
 
 class Prometheus:

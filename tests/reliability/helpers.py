@@ -3,10 +3,6 @@ Gunicorn started through service/entrypoint.sh, and process inspection via /proc
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,26 +15,10 @@ sys.path.insert(0, str(ROOT / "tests" / "service"))
 
 import svc_factory  # noqa: E402
 
+from bench import server as bench_server  # noqa: E402
+from bench.server import children, free_port, rss_kb  # noqa: E402
+
 __all__ = ["Server", "svc_factory", "wait_for", "wait_dead", "free_port", "children", "rss_kb"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children(pid: int) -> set[int]:
-    """Direct child processes of ``pid`` (Gunicorn workers of a master)."""
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.add(int(stat.parent.name))
-    return found
 
 
 def wait_dead(pid: int, timeout: float = 10.0) -> float:
@@ -53,57 +33,30 @@ def wait_dead(pid: int, timeout: float = 10.0) -> float:
     raise AssertionError(f"process {pid} still alive after {timeout}s")
 
 
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    bench_server.wait_for(predicate, timeout, interval, what)
 
 
-class Server:
+class Server(bench_server.LayerscopeServer):
     """``service/entrypoint.sh`` (Gunicorn, gthread workers) on a free port."""
 
     def __init__(self, repo: Path, tmp: Path, workers: int = 2, **env_extra: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.tmp = tmp
-        env = {
-            **os.environ,
-            "LAYERSCOPE_HOST": "127.0.0.1",
-            "LAYERSCOPE_PORT": str(self.port),
-            "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
-            "LAYERSCOPE_WORKERS": str(workers),
-            "LAYERSCOPE_THREADS": "4",
-            "LAYERSCOPE_POLL_INTERVAL": "0.5",
-            "LAYERSCOPE_MAX_BATCH_SIZE": "64",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-            "CUDA_VISIBLE_DEVICES": "",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            **env_extra,
-        }
-        self.log_path = tmp / f"gunicorn-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115  (closed in stop())
-        self.proc = subprocess.Popen(
-            [str(ROOT / "service" / "entrypoint.sh")],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            repo,
+            tmp,
+            workers=workers,
+            threads=4,
+            multiproc_dir=tmp / "metrics",
+            log_name="gunicorn-{port}.log",
+            env={
+                "LAYERSCOPE_POLL_INTERVAL": "0.5",
+                "LAYERSCOPE_MAX_BATCH_SIZE": "64",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                **env_extra,
+            },
         )
-        self.workers = workers
+        self.tmp = tmp
+        self.start()
 
     def logs(self, tail: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]
@@ -115,9 +68,6 @@ class Server:
     def post(self, path, **kw):
         kw.setdefault("timeout", 30)
         return requests.post(self.url + path, **kw)
-
-    def worker_pids(self) -> set[int]:
-        return children(self.proc.pid)
 
     def ready_pids(self, rounds: int = 10) -> set[int]:
         ready: set[int] = set()
@@ -148,14 +98,7 @@ class Server:
         wait_for(check, timeout, interval=0.3, what="every worker ready\n" + self.logs(1500))
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self.log.close()
+        super().stop(timeout=40)
 
 
 class Load:

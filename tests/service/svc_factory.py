@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -20,6 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from tests.observability.stack import publish_corrupt as _publish_corrupt  # noqa: E402
 from training.builder import build_model  # noqa: E402
 from training.publish import layer_table, stage_version  # noqa: E402
 
@@ -152,19 +151,7 @@ def publish_corrupt(repo: Path, source: Path) -> Path:
     """Copy a published version as the next version number with a flipped byte in
     model.keras, so its recorded sha256 no longer matches (renamed into place atomically,
     as a publisher would)."""
-    model_dir = source.parent
-    version = max(int(p.name) for p in model_dir.iterdir() if p.name.isdigit()) + 1
-    tmp = model_dir / f".tmp-{uuid.uuid4().hex}"
-    shutil.copytree(source, tmp)
-    data = bytearray((tmp / "model.keras").read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    (tmp / "model.keras").write_bytes(bytes(data))
-    meta = json.loads((tmp / "metadata.json").read_text())
-    meta["version"] = version
-    (tmp / "metadata.json").write_text(json.dumps(meta))
-    final = model_dir / str(version)
-    os.rename(tmp, final)
-    return final
+    return _publish_corrupt(source)
 
 
 def load_keras(version_dir: Path):

@@ -5,11 +5,7 @@ never killing a worker."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,58 +16,28 @@ import pytest
 import requests
 import svc_factory
 
+from bench.server import LayerscopeServer, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
+class Server(LayerscopeServer):
     def __init__(self, repo: Path, tmp: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {
-            **os.environ,
-            "LAYERSCOPE_HOST": "127.0.0.1",
-            "LAYERSCOPE_PORT": str(self.port),
-            "LAYERSCOPE_MODEL_REPOSITORY": str(repo),
-            "LAYERSCOPE_WORKERS": "2",
-            "LAYERSCOPE_THREADS": "2",
-            "LAYERSCOPE_POLL_INTERVAL": "1",
-            "LAYERSCOPE_MAX_BATCH_SIZE": "64",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "metrics"),
-            "CUDA_VISIBLE_DEVICES": "",
-        }
-        self.log = open(tmp / "gunicorn.log", "wb")  # noqa: SIM115  (closed in stop())
-        self.proc = subprocess.Popen(
-            [str(ROOT / "service" / "entrypoint.sh")],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            repo,
+            tmp,
+            workers=2,
+            threads=2,
+            multiproc_dir=tmp / "metrics",
+            env={"LAYERSCOPE_POLL_INTERVAL": "1", "LAYERSCOPE_MAX_BATCH_SIZE": "64"},
         )
+        self.start()
 
     def get(self, path, **kw):
         return requests.get(self.url + path, timeout=30, **kw)
 
     def post(self, path, **kw):
         return requests.post(self.url + path, timeout=30, **kw)
-
-    def worker_pids(self) -> set[int]:
-        """The master's child processes, read from /proc (independent of load balancing)."""
-        children = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == self.proc.pid:
-                children.add(int(stat.parent.name))
-        return children
 
     def answering_pids(self, attempts: int = 400) -> set[int]:
         """Worker pids seen answering /healthz; concurrent requests so that the kernel's
@@ -100,24 +66,6 @@ class Server:
     def concurrently(self, fn, n: int = 24) -> list:
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(lambda _: fn(), range(n)))
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = ""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
