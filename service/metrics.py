@@ -394,11 +394,7 @@ def sample_activations(
     if computed and all(name in computed for name in hidden):
         acts = {name: computed[name][:rows] for name in hidden}
     else:
-        _state.sampling = True
-        try:
-            acts = runtime.activations(x, hidden)
-        finally:
-            _state.sampling = False
+        acts = _unmetered_activations(runtime, x, hidden)
     model, version = str(runtime.name), str(runtime.version)
     for layer, values in acts.items():
         means, inactive = layer_summary(values)
@@ -407,6 +403,16 @@ def sample_activations(
         for m, f in zip(means.tolist(), inactive.tolist(), strict=True):
             mean_metric.observe(m)
             inactive_metric.observe(f)
+
+
+def _unmetered_activations(runtime, x, layers):
+    """Activations computed for the drift metrics themselves: flagged so this call is not
+    counted as a prediction."""
+    _state.sampling = True
+    try:
+        return runtime.activations(x, layers)
+    finally:
+        _state.sampling = False
 
 
 # -- model lifecycle hooks (called by service.repository) -----------------------------------
@@ -448,11 +454,7 @@ def _reference_summary(runtime) -> None:
         return
     with np.load(path / "reference.npz", allow_pickle=False) as data:
         x = np.asarray(data["x"][:256], dtype=np.float32)
-    _state.sampling = True
-    try:
-        acts = runtime.activations(x, layers)
-    finally:
-        _state.sampling = False
+    acts = _unmetered_activations(runtime, x, layers)
     model, version = str(runtime.name), str(runtime.version)
     for layer, values in acts.items():
         means, inactive = layer_summary(values)

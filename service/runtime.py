@@ -8,7 +8,6 @@ with a reference-shaped zero batch before the version is marked ready."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from service.errors import LayerNotFound
+from training.publish import sha256_file  # the checksum publishing recorded
 
 PREPROCESSING_TYPES = {"Normalization", "Rescaling", "Resizing", "CenterCrop"}
 
@@ -41,14 +41,6 @@ class ModelRuntime(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray: ...
 
     def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]: ...
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_metadata(path: Path) -> dict:

@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from tests.observability.stack import publish_corrupt as _publish_corrupt  # noqa: E402
+from tests.observability.stack import samples as tabular_samples  # noqa: E402, F401
 from training.builder import build_model  # noqa: E402
 from training.publish import layer_table, stage_version  # noqa: E402
 
@@ -82,14 +83,6 @@ def image_config() -> dict:
             ],
         },
     )
-
-
-def tabular_samples(n: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 1, size=(n, 30)).astype(np.float32)
-    x[:, 0] = rng.uniform(0, 170000, n)
-    x[:, -1] = rng.exponential(80, n)
-    return x
 
 
 def image_samples(n: int, seed: int = 0) -> np.ndarray:
