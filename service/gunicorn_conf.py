@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # threads on per-request vectors (an activation map's L2 norm took ms instead of us).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from service.logs import gunicorn_logconfig  # noqa: E402  (no TensorFlow import)
+from service.logs import GunicornLogger, gunicorn_logconfig  # noqa: E402  (no TensorFlow)
 from service.settings import Settings  # noqa: E402  (no TensorFlow import)
 
 _settings = Settings()
@@ -33,6 +33,7 @@ loglevel = _settings.log_level
 accesslog = None  # service/logs.py writes one JSON access line per request, with its id
 errorlog = "-"
 logconfig_dict = gunicorn_logconfig(_settings.log_level)  # Gunicorn's own lines as JSON too
+logger_class = GunicornLogger  # no Gunicorn access atoms built per request only to be dropped
 limit_request_line = 8190
 # Gunicorn 27's control socket defaults to one fixed path per user: several servers on one
 # machine (tests, bench) would fight over it, and nothing here needs runtime management.
@@ -46,6 +47,14 @@ raw_env = [
 for _entry in raw_env:
     _key, _value = _entry.split("=", 1)
     os.environ.setdefault(_key, _value)
+
+
+def worker_exit(server, worker):
+    """In the exiting worker: write the access lines still queued for the log writer."""
+    import logging
+
+    for handler in logging.getLogger("layerscope").handlers:
+        handler.flush()
 
 
 def child_exit(server, worker):

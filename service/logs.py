@@ -9,15 +9,20 @@ settings. An incoming ``X-Request-ID`` is kept when it is 1-128 characters of
 
 from __future__ import annotations
 
+import collections
+import itertools
 import json
 import logging
+import os
 import re
+import threading
 import time
-import uuid
+import weakref
 from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, g, has_request_context, request
+from gunicorn import glogging
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -56,11 +61,102 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+class BackgroundStreamHandler(logging.StreamHandler):
+    """A StreamHandler whose formatting and writing happen on a background thread.
+
+    A request thread only appends the record to a deque: no syscall, and no lock held
+    across a write. With 16 threads per worker, a synchronous handler made every request
+    queue on the handler's lock while another thread wrote its line (bench/). The writer
+    drains the deque every ``interval`` seconds and writes all pending lines at once, in
+    order. Records are flushed by ``flush()`` / ``close()`` (``logging.shutdown`` at exit,
+    Gunicorn's ``worker_exit``); a SIGKILLed worker loses at most ``interval`` of lines."""
+
+    def __init__(self, stream=None, interval: float = 0.02):
+        super().__init__(stream)
+        self.interval = interval
+        self._pending: collections.deque[logging.LogRecord] = collections.deque()
+        self._write_lock = threading.Lock()
+        self._owner_pid: int | None = None  # the writer thread belongs to one process
+        _after_fork.add(self)
+
+    def _reinit_after_fork(self) -> None:
+        """In a forked child (a Gunicorn worker): the parent's writer thread is gone and
+        its lock may have been held at the fork; lines pending there are the parent's."""
+        self._write_lock = threading.Lock()
+        self._pending = collections.deque()
+        self._owner_pid = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.args:  # freeze the message: its arguments may change before it is written
+            record.msg, record.args = record.getMessage(), None
+        if "request_id" not in record.__dict__ and has_request_context():
+            rid = g.get("request_id")  # the writer thread has no request context
+            if rid:
+                record.request_id = rid
+        self._pending.append(record)
+        if self._owner_pid != os.getpid():
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        with self._write_lock:
+            if self._owner_pid == os.getpid():
+                return
+            self._owner_pid = os.getpid()
+            threading.Thread(target=self._run, name="layerscope-log-writer", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every pending record now (any thread)."""
+        with self._write_lock:
+            lines = []
+            pending = self._pending
+            while pending:
+                record = pending.popleft()
+                try:
+                    lines.append(self.format(record) + self.terminator)
+                except Exception:
+                    self.handleError(record)
+            if lines and self.stream is not None:
+                try:
+                    self.stream.write("".join(lines))
+                    self.stream.flush()
+                except Exception:
+                    self.handleError(record)
+
+    def close(self) -> None:
+        self.flush()
+        super().close()
+
+
+_after_fork: weakref.WeakSet[BackgroundStreamHandler] = weakref.WeakSet()
+
+
+def _reinit_handlers_after_fork() -> None:
+    for handler in list(_after_fork):
+        handler._reinit_after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_handlers_after_fork)
+
+
 def json_handler() -> logging.Handler:
-    handler = logging.StreamHandler()  # stderr, collected by Gunicorn / Docker
+    handler = BackgroundStreamHandler()  # stderr, collected by Gunicorn / Docker
     handler.setFormatter(JsonFormatter())
     handler._layerscope = True  # type: ignore[attr-defined]
     return handler
+
+
+class GunicornLogger(glogging.Logger):
+    """Gunicorn's logger without its access log: the app writes a richer access line
+    itself (service/logs.py), and Gunicorn would otherwise build its access atoms for
+    every request (about 5 % of a small request's time) only to drop them."""
+
+    def _compute_access_log_enabled(self) -> bool:
+        return False
 
 
 def gunicorn_logconfig(level: str = "info") -> dict[str, Any]:
@@ -68,17 +164,23 @@ def gunicorn_logconfig(level: str = "info") -> dict[str, Any]:
     on stderr (Gunicorn's access log stays off; the app writes a richer one)."""
     level = level.upper()
     handler = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    background = {**handler, "class": "service.logs.BackgroundStreamHandler"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"json": handler, "null": {"class": "logging.NullHandler"}},
+        "handlers": {
+            "json": handler,
+            "json_background": background,
+            "null": {"class": "logging.NullHandler"},
+        },
         "root": {"level": "WARNING", "handlers": ["json"]},
         "loggers": {
             "gunicorn.error": {"level": level, "handlers": ["json"], "propagate": False},
             # Gunicorn's own access lines are dropped: the app logs richer ones.
             "gunicorn.access": {"level": "CRITICAL", "handlers": ["null"], "propagate": False},
-            "layerscope": {"level": level, "handlers": ["json"], "propagate": False},
+            # request-path lines: written off the request threads (BackgroundStreamHandler)
+            "layerscope": {"level": level, "handlers": ["json_background"], "propagate": False},
         },
     }
 
@@ -95,11 +197,28 @@ def configure_logging(level: str = "info") -> None:
             handler.setFormatter(JsonFormatter())
 
 
+_ids = {"pid": None, "prefix": "", "counter": itertools.count()}
+_ids_lock = threading.Lock()
+
+
+def new_request_id() -> str:
+    """32 hex characters, unique across workers and restarts: 16 random per process
+    (drawn again after a fork) and a 16-digit counter. ``uuid4`` reads the kernel's
+    random source on every call, a syscall per request."""
+    pid = os.getpid()
+    if _ids["pid"] != pid:
+        with _ids_lock:
+            if _ids["pid"] != pid:
+                _ids.update(prefix=os.urandom(8).hex(), counter=itertools.count())
+                _ids["pid"] = pid
+    return f"{_ids['prefix']}{next(_ids['counter']):016x}"
+
+
 def request_id_from(value: str | None) -> str:
     """The incoming id when well-formed, else a fresh one (32 hex characters)."""
     if value and REQUEST_ID_RE.match(value):
         return value
-    return uuid.uuid4().hex
+    return new_request_id()
 
 
 def _before() -> None:
@@ -107,30 +226,44 @@ def _before() -> None:
     g._ls_log_start = time.perf_counter()
 
 
+_access = logging.getLogger(ACCESS_LOGGER)
+
+
 def _after(response: Response) -> Response:
-    rid = g.get("request_id") or request_id_from(None)
+    ctx = g._get_current_object()
+    req = request._get_current_object()  # one proxy lookup instead of one per field
+    rid = ctx.get("request_id") or request_id_from(None)
     response.headers[REQUEST_ID_HEADER] = rid
-    if request.path in SKIP_ACCESS_LOG:
+    path = req.path
+    if path in SKIP_ACCESS_LOG or not _access.isEnabledFor(logging.INFO):
         return response
-    start = g.get("_ls_log_start")
-    args = request.view_args or {}
+    start = ctx.get("_ls_log_start")
+    served = ctx.get("layerscope_model")  # (name, version) of the runtime that answered
+    if served:
+        model = served[0]
+    else:
+        args = req.view_args or {}
+        model = args.get("name", args.get("model"))
     from service import metrics  # the same bounded labels as the metrics
 
-    served = g.get("layerscope_model")  # (name, version) of the runtime that answered
-    model = served[0] if served else args.get("name", args.get("model"))
+    rule = req.url_rule
     fields = {
         "request_id": rid,
-        "method": request.method,
-        "endpoint": request.url_rule.rule if request.url_rule is not None else None,
-        "path": request.path[:256],
+        "method": req.method,
+        "endpoint": rule.rule if rule is not None else None,
+        "path": path[:256],
         "status": response.status_code,
         "duration_ms": None if start is None else round((time.perf_counter() - start) * 1e3, 3),
-        "request_bytes": request.content_length,
+        "request_bytes": req.content_length,
         "response_bytes": response.calculate_content_length(),
         "model": None if model is None else metrics.model_label(model),
         "version": None if served is None else served[1],
     }
-    logging.getLogger(ACCESS_LOGGER).info("request", extra=fields)
+    # Logger.info without the caller lookup (a stack walk per request; the JSON line
+    # carries no file or line number anyway).
+    _access.handle(
+        _access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None, extra=fields)
+    )
     return response
 
 

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -286,14 +287,61 @@ def init_app(app: Flask) -> None:
 
 
 # -- model compute hooks (called by service.api.compute) ----------------------------------
+class _RuntimeMetrics:
+    """The label children one runtime's requests update, resolved once per runtime
+    (a request then does no label lookups, string building or metadata reads)."""
+
+    def __init__(self, runtime):
+        model, version = str(runtime.name), str(runtime.version)
+        self.model, self.version = model, version
+        self.names = [str(c) for c in runtime.metadata.get("class_names") or []]
+        self.binary = runtime.metadata.get("task") == "binary_classification"
+        threshold = runtime.metadata.get("threshold")
+        self.threshold = 0.5 if threshold is None else float(threshold)
+        self.duration = {
+            op: child(COMPUTE_DURATION, model, version, op) for op in ("predict", "activations")
+        }
+        self.batch = {op: child(BATCH_SIZE, model, op) for op in ("predict", "activations")}
+        if self.binary:
+            names = self.names if len(self.names) >= 2 else ["negative", "positive"]
+            neg_name, pos_name = names[:2]
+            self.positive = (
+                child(FRAUD_DECISIONS, model, "positive"),
+                child(PREDICTIONS, model, version, pos_name),
+            )
+            self.negative = (
+                child(FRAUD_DECISIONS, model, "negative"),
+                child(PREDICTIONS, model, version, neg_name),
+            )
+            self.score = child(FRAUD_SCORE, model)
+
+    def predicted(self, index: int):
+        label = self.names[index] if index < len(self.names) else str(index)
+        return child(PREDICTIONS, self.model, self.version, label)
+
+
+_by_runtime: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _runtime_metrics(runtime) -> _RuntimeMetrics:
+    found = _by_runtime.get(runtime)
+    if found is None:
+        found = _by_runtime[runtime] = _RuntimeMetrics(runtime)
+    return found
+
+
 def observe_compute(runtime, operation: str, rows: int, seconds: float) -> None:
     """Duration and batch size of one compiled-function call."""
     if getattr(_state, "sampling", False):
         return
     try:
-        model, version = str(runtime.name), str(runtime.version)
-        child(COMPUTE_DURATION, model, version, operation).observe(seconds)
-        child(BATCH_SIZE, model, operation).observe(rows)
+        m = _runtime_metrics(runtime)
+        duration, batch = m.duration.get(operation), m.batch.get(operation)
+        if duration is None:
+            duration = child(COMPUTE_DURATION, m.model, m.version, operation)
+            batch = child(BATCH_SIZE, m.model, operation)
+        duration.observe(seconds)
+        batch.observe(rows)
     except Exception:
         log.exception("compute metrics failed")
 
@@ -320,29 +368,28 @@ def observe_predict(
 
 
 def _observe_outputs(runtime, raw: np.ndarray) -> None:
-    model, version = str(runtime.name), str(runtime.version)
-    names = [str(c) for c in runtime.metadata.get("class_names") or []]
-    binary = runtime.metadata.get("task") == "binary_classification"
-    if binary:
+    m = _runtime_metrics(runtime)
+    if m.binary:
         p = raw[:, -1] if raw.ndim == 2 else raw.reshape(-1)
-        threshold = runtime.metadata.get("threshold")
-        positive = p >= (0.5 if threshold is None else float(threshold))
-        n_pos = int(positive.sum())
-        n_neg = len(p) - n_pos
-        neg_name, pos_name = names[:2] if len(names) >= 2 else ("negative", "positive")
-        for decision, label, count in (
-            ("positive", pos_name, n_pos),
-            ("negative", neg_name, n_neg),
-        ):
+        if len(p) == 1:  # the common single-row request, without numpy reductions
+            value = float(p[0])
+            decision, predicted = m.positive if value >= m.threshold else m.negative
+            decision.inc()
+            predicted.inc()
+            m.score.observe(value)
+            return
+        n_pos = int((p >= m.threshold).sum())
+        for (decision, predicted), count in ((m.positive, n_pos), (m.negative, len(p) - n_pos)):
             if count:
-                child(FRAUD_DECISIONS, model, decision).inc(count)
-                child(PREDICTIONS, model, version, label).inc(count)
-        observe_many(child(FRAUD_SCORE, model), p)
+                decision.inc(count)
+                predicted.inc(count)
+        observe_many(m.score, p)
+    elif len(raw) == 1:
+        m.predicted(int(np.argmax(raw[0]))).inc()
     else:
         counts = np.bincount(np.argmax(raw, axis=-1), minlength=raw.shape[-1])
         for index in np.flatnonzero(counts):
-            label = names[index] if index < len(names) else str(index)
-            child(PREDICTIONS, model, version, label).inc(int(counts[index]))
+            m.predicted(int(index)).inc(int(counts[index]))
 
 
 _children: dict[tuple, object] = {}
@@ -361,10 +408,14 @@ def child(metric, *labels: str):
 def observe_many(histogram, values: np.ndarray) -> None:
     """``histogram.observe(v)`` for every v, in one pass: a 256-row request otherwise
     spends more time in 256 observe calls than in the model (bench/)."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(values) <= 4:  # a single-row request: numpy's per-call overhead would dominate
+        for value in values.tolist():
+            histogram.observe(value)
+        return
     bounds = getattr(histogram, "_upper_bounds", None)
     buckets = getattr(histogram, "_buckets", None)
     total = getattr(histogram, "_sum", None)
-    values = np.asarray(values, dtype=np.float64).reshape(-1)
     if bounds is None or buckets is None or total is None or len(buckets) != len(bounds):
         for value in values.tolist():  # another prometheus-client layout: the public way
             histogram.observe(value)
