@@ -7,9 +7,11 @@ by model name). ``runtime_factory`` is what the repository builds each version w
 ``LiteRTRuntime`` is a ``KerasRuntime`` whose plain predictions run a LiteRT (TFLite)
 conversion of the same model: the conversion happens once per version at load time and
 must match the TensorFlow function on the version's reference sample (max abs difference
-<= ``PARITY_TOLERANCE``) before it serves. Activations, attributions and everything else
-stay on the TensorFlow path. A version that does not convert or does not match serves
-through TensorFlow, with the reason logged and reported in ``describe()``."""
+<= ``PARITY_TOLERANCE``) before it serves. Activations get a second conversion, of the
+multi-output model over every layer, gated the same way layer by layer (with and without
+the XNNPACK delegate; the fastest passing one serves). Attributions (gradients) and
+everything else stay on the TensorFlow path. Whatever does not convert or does not match
+serves through TensorFlow, with the reason logged and reported in ``describe()``."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import os
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,14 @@ from service.runtime import KerasRuntime
 log = logging.getLogger("layerscope.serving")
 
 PARITY_TOLERANCE = 1e-5
-_BLOBS: dict[str, bytes] = {}  # sha256 of model.keras -> converted flatbuffer (per process)
+# Outputs of the multi-output interpreter all stay allocated (none can share arena memory)
+# and the arena never shrinks after a resize: a 64-image Fashion-MNIST call left ~37 MB in
+# each thread's interpreter (2.3 MB at one row). Batches are cut into chunks of at most
+# this many output bytes (Fashion-MNIST: 11 images, ~8 MB of arena per thread).
+ACTIVATION_CHUNK_BYTES = 4 << 20
+# op resolver per candidate, fastest first when both pass
+DELEGATES = {"xnnpack": "AUTO", "none": "BUILTIN_WITHOUT_DEFAULT_DELEGATES"}
+_BLOBS: dict[str, bytes] = {}  # sha256 of model.keras (+ suffix) -> converted flatbuffer
 _BLOBS_LOCK = threading.Lock()
 
 
@@ -88,24 +99,34 @@ def convert_to_litert(model) -> bytes:
 _QUIET = {"done": False}
 
 
-def new_interpreter(blob: bytes, threads: int):
-    """A LiteRT interpreter. The first one of a process is created with file descriptor 2
-    pointed at /dev/null for a moment: LiteRT prints a plain-text "INFO: Created
-    TensorFlow Lite XNNPACK delegate" line (once per process) that would break the
+def new_interpreter(blob: bytes, threads: int, delegate: str = "xnnpack"):
+    """A LiteRT interpreter. The first XNNPACK one of a process is created with file
+    descriptor 2 pointed at /dev/null for a moment: LiteRT prints a plain-text "INFO:
+    Created TensorFlow Lite XNNPACK delegate" line (once per process) that would break the
     one-JSON-object-per-line log stream. XNNPACK itself is wanted: without it a 64-image
-    Fashion-MNIST batch takes 6x longer."""
-    from ai_edge_litert.interpreter import Interpreter
+    Fashion-MNIST batch takes 6x longer. ``delegate="none"`` runs the built-in kernels
+    only (different float summation order: sometimes closer to TensorFlow)."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    if _QUIET["done"]:
-        return Interpreter(model_content=blob, num_threads=threads)
+    if delegate not in DELEGATES:
+        raise ValueError(f"delegate {delegate!r}; expected one of {sorted(DELEGATES)}")
+    resolver = getattr(OpResolverType, DELEGATES[delegate])
+
+    def make():
+        return Interpreter(
+            model_content=blob, num_threads=threads, experimental_op_resolver_type=resolver
+        )
+
+    if _QUIET["done"] or delegate != "xnnpack":
+        return make()
     with _BLOBS_LOCK:
         if _QUIET["done"]:
-            return Interpreter(model_content=blob, num_threads=threads)
+            return make()
         sys.stderr.flush()
         saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
         try:
             os.dup2(devnull, 2)
-            interpreter = Interpreter(model_content=blob, num_threads=threads)
+            interpreter = make()
             interpreter.allocate_tensors()
         finally:
             os.dup2(saved, 2)
@@ -120,9 +141,87 @@ class _Slot(threading.local):
     rows: int = -1
 
 
+def signature_tensors(interpreter, count: int) -> tuple[int, list[int]]:
+    """(input tensor index, output tensor index per Keras output) of an exported model.
+
+    ``get_output_details()`` is not in Keras' output order (seen shuffled), and the
+    signature lists its outputs sorted as strings (output_0, output_1, output_10, ...):
+    the integer suffix of the serving signature's ``output_<i>`` names is the Keras index."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        raise ValueError(f"expected one signature in the converted model, got {signatures}")
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    inputs = runner.get_input_details()
+    outputs = {name: d["index"] for name, d in runner.get_output_details().items()}
+    wanted = [f"output_{i}" for i in range(count)]
+    if len(inputs) != 1 or sorted(outputs) != sorted(wanted):
+        raise ValueError(
+            f"converted signature has inputs {sorted(inputs)} and outputs {sorted(outputs)}; "
+            f"expected one input and output_0..output_{count - 1}"
+        )
+    index = next(iter(inputs.values()))["index"]
+    if index != interpreter.get_input_details()[0]["index"]:  # not the main subgraph
+        raise ValueError(f"signature input is tensor {index}, not the interpreter's input")
+    return index, [outputs[name] for name in wanted]
+
+
+class ActivationEngine:
+    """Per-thread LiteRT interpreters of the multi-output conversion (an interpreter is not
+    thread-safe), with the tensor index of every layer's output."""
+
+    def __init__(
+        self, blob: bytes, names: Sequence[str], *, threads: int, delegate: str, max_rows: int
+    ):
+        self.blob, self.threads, self.delegate = blob, threads, delegate
+        self.max_rows = max(1, int(max_rows))
+        probe = new_interpreter(blob, threads, delegate)
+        self.input_index, indices = signature_tensors(probe, len(names))
+        self.index = dict(zip(names, indices, strict=True))
+        self._slot = _Slot()
+
+    def reset(self) -> None:
+        """Drop the interpreters made so far (the loading thread's is sized for the whole
+        reference sample)."""
+        self._slot = _Slot()
+
+    def run(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """The named layers' outputs for the float32 batch ``x`` (at least one row)."""
+        step = self.max_rows
+        if len(x) <= step:
+            return self._invoke(x, names)
+        out: dict[str, np.ndarray] = {}
+        for start in range(0, len(x), step):  # filled in place: no second full-size copy
+            for name, values in self._invoke(x[start : start + step], names).items():
+                if name not in out:
+                    out[name] = np.empty((len(x), *values.shape[1:]), values.dtype)
+                out[name][start : start + len(values)] = values
+        return out
+
+    def _invoke(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+        slot = self._slot
+        interpreter = slot.interpreter
+        if interpreter is None:
+            interpreter = slot.interpreter = new_interpreter(self.blob, self.threads, self.delegate)
+            slot.rows = -1
+        try:
+            if slot.rows != len(x):
+                slot.rows = -1
+                interpreter.resize_tensor_input(self.input_index, x.shape, strict=False)
+                interpreter.allocate_tensors()
+                slot.rows = len(x)
+            interpreter.set_tensor(self.input_index, np.ascontiguousarray(x, dtype=np.float32))
+            interpreter.invoke()
+            # get_tensor copies: the arrays survive this thread's next invoke
+            return {name: interpreter.get_tensor(self.index[name]) for name in names}
+        except Exception:
+            slot.interpreter = None  # a half-resized interpreter is not reused
+            raise
+
+
 class LiteRTRuntime(KerasRuntime):
-    """Plain predictions through a LiteRT interpreter (one per thread: an interpreter is
-    not thread-safe), everything else through the inherited TensorFlow functions."""
+    """Plain predictions and activations through LiteRT interpreters (one per thread: an
+    interpreter is not thread-safe) where each passed its parity gate, everything else
+    (gradients: ``self.model``) through the inherited TensorFlow functions."""
 
     def __init__(self, path, metadata=None, *, threads: int = 1, required: bool = False):
         super().__init__(path, metadata)
@@ -134,6 +233,10 @@ class LiteRTRuntime(KerasRuntime):
         self._blob: bytes | None = None
         self._slot = _Slot()
         self._in_index = self._out_index = 0
+        self.activations_backend = "tensorflow"
+        self.activations_error: str | None = None
+        self.activations_parity: float | None = None
+        self._acts: ActivationEngine | None = None
 
     def _build(self, model, tf, keras) -> None:
         super()._build(model, tf, keras)
@@ -155,16 +258,33 @@ class LiteRTRuntime(KerasRuntime):
                 self.version,
                 self.backend_error,
             )
+        try:
+            self._setup_activations()
+        except Exception as exc:  # any failure: activations through TensorFlow, say why
+            self._acts, self.activations_backend = None, "tensorflow"
+            self.activations_error = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "model %s version %s: LiteRT activations unavailable (%s); serving them "
+                "with TensorFlow",
+                self.name,
+                self.version,
+                self.activations_error,
+            )
 
-    def _setup(self, model) -> None:
+    def _converted(self, model, suffix: str = "") -> bytes:
+        """The flatbuffer of ``model``, converted once per process and version."""
         import ai_edge_litert.interpreter  # noqa: F401  (not installed: fail before converting)
 
         entry = (self.metadata.get("files") or {}).get("model.keras") or {}
         key = str(entry.get("sha256") or hashlib.sha256(repr(self.path).encode()).hexdigest())
         with _BLOBS_LOCK:
-            blob = _BLOBS.get(key)
+            blob = _BLOBS.get(key + suffix)
             if blob is None:
-                blob = _BLOBS[key] = convert_to_litert(model)
+                blob = _BLOBS[key + suffix] = convert_to_litert(model)
+        return blob
+
+    def _setup(self, model) -> None:
+        blob = self._converted(model)
         probe = new_interpreter(blob, self.threads)
         self._in_index = probe.get_input_details()[0]["index"]
         self._out_index = probe.get_output_details()[0]["index"]
@@ -185,6 +305,66 @@ class LiteRTRuntime(KerasRuntime):
             )
         self._slot = _Slot()  # fresh per-thread interpreters for serving
         self.backend = "litert"
+
+    def _setup_activations(self) -> None:
+        """Convert the multi-output model; serve activations with the fastest delegate whose
+        every layer matches TensorFlow on the reference sample, else raise saying why."""
+        blob = self._converted(self._multi, ":activations")
+        names, x = self._all_names, self._parity_sample()
+        row_bytes = 4 * sum(int(np.prod(self.layer_shapes[n][1:])) for n in names)
+        passed: list[tuple[float, ActivationEngine, float]] = []
+        failures, diffs = [], []
+        for delegate in DELEGATES:
+            try:
+                engine = ActivationEngine(
+                    blob,
+                    names,
+                    threads=self.threads,
+                    delegate=delegate,
+                    max_rows=ACTIVATION_CHUNK_BYTES // max(1, row_bytes),
+                )
+                diff, layer = self._activation_parity(engine, x)
+            except Exception as exc:  # this delegate does not run the model: try the next
+                failures.append(f"{delegate}: {type(exc).__name__}: {exc}")
+                continue
+            diffs.append(diff)
+            if np.isfinite(diff) and diff <= PARITY_TOLERANCE:
+                passed.append((_seconds_per_call(engine, x, names), engine, diff))
+            else:
+                failures.append(f"{delegate}: layer {layer!r} differs by {diff:g}")
+        finite = [d for d in diffs if np.isfinite(d)]
+        self.activations_parity = min(finite) if finite else None
+        if not passed:
+            raise ValueError(
+                "LiteRT activations differ from TensorFlow on the reference sample "
+                f"(tolerance {PARITY_TOLERANCE:g}): {'; '.join(failures)}"
+            )
+        _, engine, self.activations_parity = min(passed, key=lambda p: p[0])
+        engine.reset()  # fresh per-thread interpreters for serving
+        self._acts, self.activations_backend = engine, "litert"
+
+    def _activation_parity(self, engine: ActivationEngine, x: np.ndarray) -> tuple[float, str]:
+        """(max abs difference, layer) of the engine against ``_all_call`` over every
+        layer, for the whole sample and its first rows one by one (same batch on both
+        sides: TensorFlow itself differs across batch sizes). NaN if any is not finite."""
+        names = self._all_names
+        worst, where = 0.0, names[0]
+        for batch in [x, *(x[i : i + 1] for i in range(min(4, len(x))))]:
+            expected = self._all_call(batch)
+            got = engine.run(batch, names)
+            for name, want in zip(names, expected, strict=True):
+                want = np.asarray(want, dtype=np.float32)
+                if got[name].shape != want.shape:
+                    raise ValueError(
+                        f"LiteRT output of layer {name!r} has shape {got[name].shape}, "
+                        f"TensorFlow's {want.shape}"
+                    )
+                diff = float(np.abs(got[name] - want).max())
+                if not np.isfinite(diff):
+                    return float("nan"), name
+                if diff > worst:
+                    worst, where = diff, name
+        return worst, where
 
     def _parity_sample(self) -> np.ndarray:
         """The version's reference inputs (what it was trained on), else a fixed noise."""
@@ -218,12 +398,43 @@ class LiteRTRuntime(KerasRuntime):
             return super().raw_predict(x)
         return self._invoke(self._check(x))
 
+    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
+        """``KerasRuntime.activations`` through the LiteRT engine when it passed parity."""
+        engine = self._acts
+        if engine is None:
+            return super().activations(x, layers)
+        self.check_layers(layers)
+        x = self._check(x)
+        if not len(x):  # XNNPACK cannot reshape to an empty batch
+            return super().activations(x, layers)
+        wanted = list(dict.fromkeys(n for n in layers if n not in self._input_names))
+        result = engine.run(x, wanted) if wanted else {}
+        return {name: x if name in self._input_names else result[name] for name in layers}
+
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out["runtime"] = {
             "predict": self.backend,
-            "activations": "tensorflow",
+            "activations": self.activations_backend,
             "litert_parity_max_abs_diff": self.parity,
             "litert_error": self.backend_error,
+            "litert_activations_delegate": self._acts.delegate if self._acts else None,
+            "litert_activations_parity_max_abs_diff": self.activations_parity,
+            "litert_activations_error": self.activations_error,
         }
         return out
+
+
+def _seconds_per_call(engine: ActivationEngine, x: np.ndarray, names: Sequence[str]) -> float:
+    """Median time of a one-row call plus that of a 32-row call, over every layer: what
+    picks the delegate. Both sizes count: for the fraud MLP the two are equally fast on
+    one row while XNNPACK is 3x faster on 64 rows (reference statistics, big requests)."""
+    total = 0.0
+    for batch in (x[:1], x[:32]):
+        times = []
+        for _ in range(15):
+            start = time.perf_counter()
+            engine.run(batch, names)
+            times.append(time.perf_counter() - start)
+        total += float(np.median(times))
+    return total

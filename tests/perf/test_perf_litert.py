@@ -1,5 +1,5 @@
-"""The LiteRT runtime: parity with TensorFlow on the test split, activations from the
-TensorFlow path, and the per-model runtime setting."""
+"""The LiteRT runtime: parity with TensorFlow on the test split, activations within the
+same bound whichever backend serves them, and the per-model runtime setting."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_litert_parity_on_test_split(loaded, splits):
         np.testing.assert_allclose(lite.predict(x).sum(axis=1), 1.0, atol=1e-5)
 
 
-def test_activations_come_from_tensorflow(loaded, splits):
+def test_activations_match_tensorflow(loaded, splits):
     for name, (tf_rt, lite) in loaded.items():
         x = splits[name][0][:5]
         a, b = (
@@ -51,8 +51,8 @@ def test_activations_come_from_tensorflow(loaded, splits):
         )
         assert list(a) == list(b) == tf_rt.hidden_layer_names
         for layer in a:
-            np.testing.assert_array_equal(a[layer], b[layer])
-        assert lite.describe()["runtime"]["activations"] == "tensorflow"
+            assert float(np.abs(a[layer] - b[layer]).max()) <= PARITY_TOLERANCE, (name, layer)
+        assert lite.describe()["runtime"]["activations"] == lite.activations_backend
         assert lite.describe()["runtime"]["predict"] == "litert"
 
 

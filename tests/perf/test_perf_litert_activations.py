@@ -1,0 +1,167 @@
+"""Activations through the LiteRT multi-output conversion: per-layer parity with Keras'
+own sub-models, the honest backend report, per-thread interpreters under concurrency, and
+the fall-back to TensorFlow when the parity gate fails."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import numpy as np
+import pytest
+
+from service import serving
+from service.errors import LayerNotFound
+from service.runtime import KerasRuntime
+from service.serving import PARITY_TOLERANCE, LiteRTRuntime
+
+pytest.importorskip("ai_edge_litert")
+
+
+@pytest.fixture(scope="module")
+def lite(perf_repo, model_names) -> dict[str, LiteRTRuntime]:
+    """digits (CNN) and, with the card data, fraud-small (MLP), on the LiteRT runtime."""
+    out = {}
+    for name in model_names:
+        out[name] = LiteRTRuntime(perf_repo / name / "1")
+        out[name].load()
+    return out
+
+
+def keras_layer_outputs(runtime, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every layer's output from its own Keras sub-model, called eagerly."""
+    import keras
+
+    model = runtime.model
+    return {
+        layer.name: np.asarray(keras.Model(model.inputs[0], layer.output)(x, training=False))
+        for layer in model.layers
+    }
+
+
+def test_every_layer_matches_keras(lite, splits):
+    for name, rt in lite.items():
+        x = splits[name][0][:16]
+        expected = keras_layer_outputs(rt, x)
+        got = rt.activations(x, rt.layer_names)
+        assert list(got) == rt.layer_names
+        for layer in rt.layer_names:
+            assert got[layer].dtype == np.float32 and got[layer].shape == expected[layer].shape
+            diff = float(np.abs(got[layer] - expected[layer]).max())
+            assert diff <= PARITY_TOLERANCE, (name, layer, diff, rt.activations_backend)
+
+
+def test_backend_is_reported_honestly(lite, splits, monkeypatch):
+    """Backend "litert" means TensorFlow is not called at all; "tensorflow" says why and
+    returns exactly what KerasRuntime returns."""
+    for name, rt in lite.items():
+        info = rt.describe()["runtime"]
+        x = splits[name][0][:5]
+        layers = [*rt.hidden_layer_names, rt.output_layer_name]
+        if info["activations"] == "litert":
+            assert info["litert_activations_error"] is None
+            assert info["litert_activations_delegate"] in serving.DELEGATES
+            assert 0 <= info["litert_activations_parity_max_abs_diff"] <= PARITY_TOLERANCE
+            monkeypatch.setattr(rt, "_all_call", _no_tensorflow)
+            rt.activations(x, layers)
+            monkeypatch.undo()
+        else:
+            assert info["activations"] == "tensorflow"
+            assert info["litert_activations_delegate"] is None
+            assert "tolerance" in info["litert_activations_error"], info
+            reference = KerasRuntime.activations(rt, x, layers)
+            for layer, values in rt.activations(x, layers).items():
+                np.testing.assert_array_equal(values, reference[layer])
+
+
+def test_at_least_one_fixture_model_serves_activations_through_litert(lite):
+    backends = {name: rt.describe()["runtime"] for name, rt in lite.items()}
+    assert any(b["activations"] == "litert" for b in backends.values()), backends
+
+
+def test_contract_of_activations(lite, splits):
+    """Unknown names, InputLayer names, requested order, repeats, and arrays that stay
+    valid after the next call on the same thread."""
+    for name, rt in _litert(lite).items():
+        x = splits[name][0][:4]
+        with pytest.raises(LayerNotFound, match="'nope'"):
+            rt.activations(x, ["nope", rt.output_layer_name])
+        inputs = [n for n in rt.layer_names if n not in rt.output_layer_names]
+        order = [rt.output_layer_name, *inputs, rt.hidden_layer_names[0], rt.output_layer_name]
+        got = rt.activations(x, order)
+        assert list(got) == list(dict.fromkeys(order))
+        for n in inputs:
+            np.testing.assert_array_equal(got[n], x)
+        first = {k: v.copy() for k, v in got.items()}
+        rt.activations(splits[name][0][4:8], order)  # same thread, same batch size
+        for k, v in got.items():
+            np.testing.assert_array_equal(v, first[k])
+
+
+def test_concurrent_callers_get_their_own_rows(lite, splits):
+    """8 threads x 50 calls, each thread on its own 5 rows with batch sizes 1..3: every
+    result is the single-threaded answer for those rows, kept until the end (no shared
+    buffers)."""
+    for name, rt in _litert(lite).items():
+        x = splits[name][0][:40]
+        layers = [*rt.hidden_layer_names, rt.output_layer_name]
+        reference = {i: rt.activations(x[i : i + 1], layers) for i in range(len(x))}
+        with ThreadPoolExecutor(8) as pool:
+            parts = pool.map(partial(_calls, rt, x, layers), range(0, 40, 5))
+            results = [item for part in parts for item in part]
+        assert len(results) == 400
+        for start, rows, got in results:
+            for layer in layers:
+                want = np.concatenate([reference[i][layer] for i in range(start, start + rows)])
+                assert got[layer].shape == want.shape
+                diff = float(np.abs(got[layer] - want).max())
+                assert diff <= PARITY_TOLERANCE, (name, layer, start, rows, diff)
+
+
+def _calls(rt, x, layers, first: int) -> list[tuple[int, int, dict]]:
+    """50 calls on rows first..first+4 of ``x``: (start, rows, activations) each."""
+    out = []
+    for call in range(50):
+        start, rows = first + call % 3, 1 + call % 3
+        out.append((start, rows, rt.activations(x[start : start + rows], layers)))
+    return out
+
+
+def test_big_batches_are_chunked(perf_repo, model_names, splits, monkeypatch):
+    """A batch larger than the per-interpreter budget comes back whole and equal."""
+    monkeypatch.setattr(serving, "ACTIVATION_CHUNK_BYTES", 1)  # one row per invoke
+    for name in model_names:
+        rt = LiteRTRuntime(perf_repo / name / "1")
+        rt.load()
+        if rt.activations_backend != "litert":
+            continue
+        assert rt._acts.max_rows == 1
+        x = splits[name][0][:9]
+        got = rt.activations(x, rt.layer_names)
+        expected = keras_layer_outputs(rt, x)
+        for layer in rt.layer_names:
+            assert float(np.abs(got[layer] - expected[layer]).max()) <= PARITY_TOLERANCE
+
+
+def test_failed_parity_falls_back_to_tensorflow(perf_repo, model_names, splits, monkeypatch):
+    monkeypatch.setattr(serving, "PARITY_TOLERANCE", 0.0)
+    for name in model_names:
+        rt = LiteRTRuntime(perf_repo / name / "1")
+        rt.load()
+        info = rt.describe()["runtime"]
+        assert info["litert_activations_parity_max_abs_diff"] > 0  # else 0 would pass
+        assert info["activations"] == "tensorflow"
+        assert "tolerance 0" in info["litert_activations_error"], info
+        x = splits[name][0][:6]
+        got = rt.activations(x, rt.layer_names)
+        expected = keras_layer_outputs(rt, x)
+        for layer in rt.layer_names:
+            assert float(np.abs(got[layer] - expected[layer]).max()) <= PARITY_TOLERANCE
+
+
+def _litert(lite: dict[str, LiteRTRuntime]) -> dict[str, LiteRTRuntime]:
+    return {n: rt for n, rt in lite.items() if rt.activations_backend == "litert"}
+
+
+def _no_tensorflow(*args, **kwargs):
+    raise AssertionError(f"TensorFlow activations called with {len(args)} arguments")
