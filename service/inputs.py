@@ -311,7 +311,7 @@ def decode_images(
                 arr.shape[1:] == shape or (channels == 1 and arr.shape[1:] == (height, width))
             ):
                 batch = to_float32(arr, where, "").reshape((len(instances), *shape))
-                return _check_range(batch, where, value_range)
+                return check_range(batch, where, value_range)
         except (ValueError, OverflowError):
             pass
     rows = []
@@ -339,11 +339,12 @@ def decode_images(
             raise InvalidInput(
                 f"{w} has shape {list(arr.shape)}; expected raw pixels of shape {expected}"
             )
-        rows.append(_check_range(arr, w, value_range))
+        rows.append(check_range(arr, w, value_range))
     return np.stack(rows)
 
 
-def _check_range(arr: np.ndarray, where: str, value_range) -> np.ndarray:
+def check_range(arr: np.ndarray, where: str, value_range) -> np.ndarray:
+    """Raw pixels outside the model's declared value range are refused, not clipped."""
     if value_range is None:
         return arr
     lo, hi = float(value_range[0]), float(value_range[1])
@@ -438,12 +439,7 @@ def decode_v2_tensor(tensor: Any, runtime, max_batch: int, max_pixels: int) -> n
             f"inputs[0].datatype {datatype!r} is not supported; expected one of "
             f"{', '.join(V2_DATATYPES)} (or BYTES with base64 images)"
         )
-    accepted = [shape_spec]
-    if spec.get("kind") == "image" and len(shape_spec) == 3 and shape_spec[2] == 1:
-        accepted.append(shape_spec[:2])
-    if tuple(shape[1:]) not in accepted:
-        expected = " or ".join(f"[n, {', '.join(map(str, a))}]" for a in accepted)
-        raise InvalidInput(f"inputs[0].shape is {shape}; expected {expected}")
+    check_v2_shape(shape, spec)
     arr = to_float32(data, "inputs[0].data", "numbers")
     count = int(np.prod(shape))
     if arr.size != count:
@@ -458,8 +454,19 @@ def decode_v2_tensor(tensor: Any, runtime, max_batch: int, max_pixels: int) -> n
             )
     batch_arr = arr.reshape((batch, *shape_spec))
     if spec.get("kind") == "image":
-        batch_arr = _check_range(batch_arr, "inputs[0].data", spec.get("value_range"))
+        batch_arr = check_range(batch_arr, "inputs[0].data", spec.get("value_range"))
     return batch_arr
+
+
+def check_v2_shape(shape: Sequence[int], spec: dict) -> None:
+    """An OIP tensor shape: [n, *input shape], or [n, H, W] for a one-channel image."""
+    shape_spec = tuple(int(d) for d in spec["shape"])
+    accepted = [shape_spec]
+    if spec.get("kind") == "image" and len(shape_spec) == 3 and shape_spec[2] == 1:
+        accepted.append(shape_spec[:2])
+    if tuple(shape[1:]) not in accepted:
+        expected = " or ".join(f"[n, {', '.join(map(str, a))}]" for a in accepted)
+        raise InvalidInput(f"inputs[0].shape is {list(shape)}; expected {expected}")
 
 
 def _flatten(value):

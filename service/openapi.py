@@ -63,6 +63,28 @@ PNG = {"description": "PNG image", "content": {"image/png": {"schema": {"type": 
 MODEL_ERRORS = ("404", "503")
 PREDICT_ERRORS = ("400", "404", "413", "415", "503")
 
+# Open Inference Protocol binary tensor data extension (service/binary_tensors.py)
+V2_BINARY_HEADER = {
+    "name": "Inference-Header-Content-Length",
+    "in": "header",
+    "required": False,
+    "description": "binary tensor data: byte length of the JSON request at the start of the "
+    "body; the inputs' binary data follows it",
+    "schema": {"type": "integer", "minimum": 0},
+}
+V2_BINARY_RESPONSE_HEADER = {
+    "description": "present when outputs are binary: byte length of the JSON response at the "
+    "start of the body",
+    "schema": {"type": "integer", "minimum": 0},
+}
+V2_BINARY_BODY = {
+    "type": "string",
+    "format": "binary",
+    "description": "JSON (Inference-Header-Content-Length bytes), then each binary tensor's "
+    "parameters.binary_data_size bytes in listed order: row-major little-endian, BOOL one "
+    "byte, BYTES elements each after a 4-byte little-endian length",
+}
+
 # Flask endpoint (without the "_versioned" suffix) -> operation
 OPERATIONS: dict[str, dict] = {
     "health.healthz": {
@@ -151,10 +173,29 @@ OPERATIONS: dict[str, dict] = {
     },
     "v2.infer": {
         "summary": "Open Inference Protocol: inference (outputs may name hidden layers)",
+        "description": "With the binary tensor data extension, the body starts with a JSON "
+        "request of Inference-Header-Content-Length bytes followed by the raw little-endian "
+        "data of each input carrying parameters.binary_data_size (any Content-Type). "
+        "Outputs with parameters.binary_data (or the request's parameters.binary_data_output) "
+        "come back the same way: application/octet-stream with that header.",
         "tags": ["v2"],
-        "requestBody": _body(_ref("V2InferenceRequest")),
+        "parameters": [V2_BINARY_HEADER],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _ref("V2InferenceRequest")},
+                "application/octet-stream": {"schema": V2_BINARY_BODY},
+            },
+        },
         "responses": {
-            "200": _json(_ref("V2InferenceResponse")),
+            "200": {
+                "description": "OK: JSON, or JSON + binary outputs (binary tensor data)",
+                "headers": {"Inference-Header-Content-Length": V2_BINARY_RESPONSE_HEADER},
+                "content": {
+                    "application/json": {"schema": _ref("V2InferenceResponse")},
+                    "application/octet-stream": {"schema": V2_BINARY_BODY},
+                },
+            },
             **_errors(*PREDICT_ERRORS, "401", "403"),
         },
     },
@@ -496,7 +537,11 @@ def schemas(max_batch: int) -> dict:
                 "model_name": {"type": "string"},
                 "model_version": {"type": "string"},
                 "id": {"type": "string"},
-                "outputs": {"type": "array", "items": V2_TENSOR},
+                # a binary output has parameters.binary_data_size instead of data
+                "outputs": {
+                    "type": "array",
+                    "items": {**V2_TENSOR, "required": ["name", "shape", "datatype"]},
+                },
             },
         },
         "Layers": {
