@@ -41,12 +41,23 @@ def parse_hey(output: str) -> dict:
     return {"rps": rps, "pct": pct, "ok": ok, "errors": bad}
 
 
-def run_hey(url: str, body: bytes, *, concurrency: int, seconds: float) -> LoadResult:
+@dataclass(frozen=True)
+class Payload:
+    """A request body that is not plain JSON (e.g. the OIP binary tensor extension)."""
+
+    data: bytes
+    content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def run_hey(url: str, body: bytes | Payload, *, concurrency: int, seconds: float) -> LoadResult:
     """POST `body` to `url` for `seconds` at `concurrency` and return the figures."""
     if shutil.which("hey") is None:
         raise RuntimeError("the load generator `hey` is missing: apt-get install hey")
-    with tempfile.NamedTemporaryFile(suffix=".json") as handle:
-        handle.write(body)
+    payload = body if isinstance(body, Payload) else Payload(body)
+    headers = [arg for key, value in payload.headers for arg in ("-H", f"{key}: {value}")]
+    with tempfile.NamedTemporaryFile(suffix=".body") as handle:
+        handle.write(payload.data)
         handle.flush()
         out = subprocess.run(
             [
@@ -58,7 +69,8 @@ def run_hey(url: str, body: bytes, *, concurrency: int, seconds: float) -> LoadR
                 "-m",
                 "POST",
                 "-T",
-                "application/json",
+                payload.content_type,
+                *headers,
                 "-D",
                 handle.name,
                 "-t",
