@@ -6,6 +6,7 @@ logs and limits are added in one place."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ def check_activation_budget(runtime, n: int, layers: Sequence[str]) -> None:
     total = 0
     for name in layers:
         shape = runtime.layer_shapes.get(name) or []
-        total += n * int(np.prod([d for d in shape[1:] if d is not None] or [1]))
+        total += n * math.prod(d for d in shape[1:] if d is not None)
     if total > limit:
         raise PayloadTooLarge(
             f"the requested layers hold {total} values for {n} instances; the limit is "

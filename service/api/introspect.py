@@ -16,7 +16,7 @@ import numpy as np
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from service import inputs
-from service.api import compute, format_prediction, resolve, settings
+from service.api import compute, format_prediction, format_predictions, resolve, settings
 from service.errors import InvalidInput, LayerNotFound, LayerscopeError, PayloadTooLarge
 from service.introspection import attribution, pictures, stats
 
@@ -35,6 +35,7 @@ _cache_lock = threading.Lock()
 _layer_rows: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _references: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_activation_names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _routes(rule: str, **kw):
@@ -56,6 +57,17 @@ def _routes(rule: str, **kw):
 # -- layers ------------------------------------------------------------------------------
 def _activation_name(layer) -> str | None:
     return getattr(getattr(layer, "activation", None), "__name__", None)
+
+
+def activation_names(runtime) -> dict[str, str | None]:
+    """Activation function name per layer of a loaded version, looked up once per runtime
+    (the model's layer list does not change while it serves; hot reload makes a new one)."""
+    with _cache_lock:
+        hit = _activation_names.get(runtime)
+        if hit is None:
+            hit = {layer.name: _activation_name(layer) for layer in runtime.model.layers}
+            _activation_names[runtime] = hit
+        return hit
 
 
 def layer_rows(runtime) -> list[dict]:
@@ -201,36 +213,43 @@ def activations(name: str, version: int | None):
         raise PayloadTooLarge(
             f'{exc.message}; send "include": ["stats"] to get the statistics without the values'
         ) from None
-    by_name = {layer.name: layer for layer in runtime.model.layers}
-    acts = {n: _activation_name(by_name[n]) for n in wanted}
-    per_layer_stats = (
-        {n: stats.instance_stats(result.layers[n], acts[n], top_k) for n in wanted}
+    acts = activation_names(runtime)
+    arrays = [np.ascontiguousarray(result.layers[n]) for n in wanted]  # rows serialise as-is
+    per_layer = (
+        stats.layers_instance_stats(arrays, [acts[n] for n in wanted], top_k)
         if "stats" in include
-        else {}
+        else None
     )
-    instances = []
-    for i in range(len(x)):
-        entry = {}
-        for n in wanted:
-            value = result.layers[n][i]
-            item = {"shape": list(value.shape)}
-            if "values" in include:
-                item["values"] = np.ascontiguousarray(value)
-            if "stats" in include:
-                item["stats"] = per_layer_stats[n][i]
-            entry[n] = item
-        instances.append(
-            {"prediction": format_prediction(runtime, result.probabilities[i]), "layers": entry}
-        )
+    values = arrays if "values" in include else None
     return jsonify(
         {
             "model": runtime.name,
             "version": runtime.version,
             "layers": wanted,
             "inactive_rules": {n: stats.inactive_rule(acts[n]) for n in wanted},
-            "instances": instances,
+            "instances": [
+                {
+                    "prediction": prediction,
+                    "layers": _instance_layers(wanted, arrays, i, values, per_layer),
+                }
+                for i, prediction in enumerate(format_predictions(runtime, result.probabilities))
+            ],
         }
     )
+
+
+def _instance_layers(wanted, arrays, i: int, values, per_layer) -> dict:
+    """One instance's ``{layer: {"shape", "values"?, "stats"?}}``; values are numpy rows,
+    which orjson writes straight from the buffer."""
+    out = {}
+    for j, name in enumerate(wanted):
+        item = {"shape": list(arrays[j].shape[1:])}
+        if values is not None:
+            item["values"] = values[j][i]
+        if per_layer is not None:
+            item["stats"] = per_layer[j][i]
+        out[name] = item
+    return out
 
 
 # -- reference statistics ---------------------------------------------------------------
@@ -262,9 +281,8 @@ def reference_stats(runtime) -> dict[str, dict]:
     def compute_all():
         x, _ = _reference(runtime)
         names = [n for n in runtime.layer_names if n in set(runtime.output_layer_names)]
-        by_name = {layer.name: layer for layer in runtime.model.layers}
         return stats.compute_reference_stats(
-            runtime.activations, x, names, {n: _activation_name(by_name[n]) for n in names}
+            runtime.activations, x, names, activation_names(runtime)
         )
 
     return _reference_stats.get(runtime, compute_all)
