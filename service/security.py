@@ -7,7 +7,9 @@ time. No header (or not ``Bearer``) is a 401 with ``WWW-Authenticate``; a wrong 
 With an introspection token set, every endpoint that reveals model internals requires it:
 the introspection blueprint (layer tables, activations, statistics, attributions, pictures,
 reference samples; the ``/ui`` page itself stays public and asks for the token), V2
-``outputs`` naming a hidden layer and TF Serving ``output_layers``."""
+``outputs`` naming a hidden layer and TF Serving ``output_layers``. Model metadata
+(``GET /models/{name}``, ``GET /v2/models/{name}``) then lists hidden layers only to
+requests carrying the token; others see the model's input and final output."""
 
 from __future__ import annotations
 
@@ -54,6 +56,18 @@ def introspection_token() -> str | None:
 
 def admin_token() -> str | None:
     return _secret(current_app.extensions["layerscope"].settings.admin_token)
+
+
+def introspection_allowed() -> bool:
+    """True when no introspection token is set, or the request carries the right one.
+    For metadata that only *lists* hidden layers: it is trimmed, not refused."""
+    token = introspection_token()
+    if token is None:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def require_introspection() -> None:

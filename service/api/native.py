@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import Blueprint, jsonify, request
 
-from service import inputs
+from service import inputs, security
 from service.api import compute, format_predictions, repository, resolve, settings
 from service.repository import READY
 
@@ -34,17 +34,25 @@ def model_metadata(name: str):
     summary = _model_summary(name)
     version = summary["default_version"]
     if version is not None:
-        summary["metadata"] = repository().get(name, version).describe()
+        summary["metadata"] = public_metadata(repository().get(name, version).describe())
     else:
         summary["metadata"] = None
     return jsonify(summary)
+
+
+def public_metadata(described: dict) -> dict:
+    """``runtime.describe()`` without the layer table and hidden-layer names when an
+    introspection token is set and the request does not carry it."""
+    if security.introspection_allowed():
+        return described
+    return {k: v for k, v in described.items() if k not in ("layers", "hidden_layers")}
 
 
 @bp.get("/models/<name>/versions/<int:version>")
 def version_metadata(name: str, version: int):
     state = repository().state(name, version)
     body = {"name": name, **state.describe()}
-    body["metadata"] = state.runtime.describe() if state.status == READY else None
+    body["metadata"] = public_metadata(state.runtime.describe()) if state.status == READY else None
     return jsonify(body)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from flask import Blueprint, Response, jsonify, request
 
-from service import binary_tensors, inputs
+from service import binary_tensors, inputs, security
 from service.api import compute, parse_version, repository, resolve, settings
 from service.errors import InvalidInput, ModelNotFound
 from service.repository import READY
@@ -45,11 +45,13 @@ def _shape(shape) -> list[int]:
     return [-1 if d is None else int(d) for d in shape]
 
 
-def _outputs(runtime) -> list[dict]:
-    """The prediction output first, then every other layer in model order."""
-    names = [runtime.output_layer_name] + [
-        n for n in runtime.output_layer_names if n != runtime.output_layer_name
-    ]
+def _outputs(runtime, listed: bool = True) -> list[dict]:
+    """The prediction output first, then every other layer in model order. ``listed``:
+    for metadata, where the hidden layers are only shown to requests allowed to
+    introspect (an infer naming one is refused with 401/403 instead)."""
+    names = [runtime.output_layer_name]
+    if not listed or security.introspection_allowed():
+        names += [n for n in runtime.output_layer_names if n != runtime.output_layer_name]
     return [
         {"name": n, "datatype": "FP32", "shape": _shape(runtime.layer_shapes[n])} for n in names
     ]
@@ -92,7 +94,7 @@ def _requested_outputs(body: dict, runtime) -> list[str]:
             f"{str(outputs)[:80]}"
         )
     names = [o["name"] for o in outputs]
-    available = [o["name"] for o in _outputs(runtime)]
+    available = [o["name"] for o in _outputs(runtime, listed=False)]
     unknown = [n for n in names if n not in available]
     if unknown:
         raise InvalidInput(

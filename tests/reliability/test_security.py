@@ -74,6 +74,29 @@ def test_prediction_and_ui_stay_public_with_an_introspection_token(secured_app):
     assert client.get("/ui/static/explorer.js").status_code == 200
 
 
+@pytest.mark.parametrize("url", ["/models/fraud", "/models/fraud/versions/1"])
+def test_model_metadata_lists_hidden_layers_only_with_the_token(secured_app, app, url):
+    client = secured_app.test_client()
+    hidden = app.test_client().get(url).json["metadata"]["hidden_layers"]
+    assert hidden  # without a configured token everything is listed
+    for headers in (None, WRONG):
+        meta = client.get(url, headers=headers or {}).json["metadata"]
+        assert "layers" not in meta and "hidden_layers" not in meta
+        assert meta["input"] and meta["class_names"]  # what a client needs to predict
+    meta = client.get(url, headers=BEARER).json["metadata"]
+    assert meta["hidden_layers"] == hidden and meta["layers"]
+
+
+def test_v2_metadata_lists_layer_outputs_only_with_the_token(secured_app, app):
+    everything = [o["name"] for o in app.test_client().get("/v2/models/fraud").json["outputs"]]
+    assert len(everything) > 1 and "dense_1" in everything
+    client = secured_app.test_client()
+    public = [o["name"] for o in client.get("/v2/models/fraud").json["outputs"]]
+    assert public == everything[:1]  # the prediction output only
+    allowed = [o["name"] for o in client.get("/v2/models/fraud", headers=BEARER).json["outputs"]]
+    assert allowed == everything
+
+
 def test_admin_api_is_off_without_a_token(app):
     client = app.test_client()
     for method, url in [("post", "/admin/reload"), ("get", "/admin/state")]:
