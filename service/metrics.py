@@ -331,17 +331,14 @@ def _runtime_metrics(runtime) -> _RuntimeMetrics:
 
 
 def observe_compute(runtime, operation: str, rows: int, seconds: float) -> None:
-    """Duration and batch size of one compiled-function call."""
+    """Duration and batch size of one compiled-function call (``predict`` or
+    ``activations``; batched calls are observed by service/batching.py)."""
     if getattr(_state, "sampling", False):
         return
     try:
         m = _runtime_metrics(runtime)
-        duration, batch = m.duration.get(operation), m.batch.get(operation)
-        if duration is None:
-            duration = child(COMPUTE_DURATION, m.model, m.version, operation)
-            batch = child(BATCH_SIZE, m.model, operation)
-        duration.observe(seconds)
-        batch.observe(rows)
+        m.duration[operation].observe(seconds)
+        m.batch[operation].observe(rows)
     except Exception:
         log.exception("compute metrics failed")
 

@@ -165,19 +165,42 @@ def signature_tensors(interpreter, count: int) -> tuple[int, list[int]]:
     return index, [outputs[name] for name in wanted]
 
 
-class ActivationEngine:
-    """Per-thread LiteRT interpreters of the multi-output conversion (an interpreter is not
-    thread-safe), with the tensor index of every layer's output."""
+class InterpreterPool:
+    """Per-thread LiteRT interpreters of one converted model (an interpreter is not
+    thread-safe), each resized when the batch size changes, with the tensor index of every
+    named output. Serves plain predictions (one output) and activations (every layer)."""
 
     def __init__(
-        self, blob: bytes, names: Sequence[str], *, threads: int, delegate: str, max_rows: int
+        self,
+        blob: bytes,
+        *,
+        input_index: int,
+        index: dict[str, int],
+        threads: int,
+        delegate: str = "xnnpack",
+        max_rows: int | None = None,
     ):
         self.blob, self.threads, self.delegate = blob, threads, delegate
-        self.max_rows = max(1, int(max_rows))
-        probe = new_interpreter(blob, threads, delegate)
-        self.input_index, indices = signature_tensors(probe, len(names))
-        self.index = dict(zip(names, indices, strict=True))
+        self.input_index, self.index = input_index, index
+        self.max_rows = None if max_rows is None else max(1, int(max_rows))
         self._slot = _Slot()
+
+    @classmethod
+    def for_signature(
+        cls, blob: bytes, names: Sequence[str], *, threads: int, delegate: str, max_rows: int
+    ) -> InterpreterPool:
+        """A pool over a multi-output conversion, its outputs named after ``names`` (the
+        Keras output order) through the serving signature."""
+        probe = new_interpreter(blob, threads, delegate)
+        input_index, indices = signature_tensors(probe, len(names))
+        return cls(
+            blob,
+            input_index=input_index,
+            index=dict(zip(names, indices, strict=True)),
+            threads=threads,
+            delegate=delegate,
+            max_rows=max_rows,
+        )
 
     def reset(self) -> None:
         """Drop the interpreters made so far (the loading thread's is sized for the whole
@@ -185,9 +208,9 @@ class ActivationEngine:
         self._slot = _Slot()
 
     def run(self, x: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """The named layers' outputs for the float32 batch ``x`` (at least one row)."""
+        """The named outputs for the float32 batch ``x`` (at least one row)."""
         step = self.max_rows
-        if len(x) <= step:
+        if step is None or len(x) <= step:
             return self._invoke(x, names)
         out: dict[str, np.ndarray] = {}
         for start in range(0, len(x), step):  # filled in place: no second full-size copy
@@ -230,13 +253,11 @@ class LiteRTRuntime(KerasRuntime):
         self.backend = "tensorflow"
         self.backend_error: str | None = None
         self.parity: float | None = None
-        self._blob: bytes | None = None
-        self._slot = _Slot()
-        self._in_index = self._out_index = 0
+        self._predictor: InterpreterPool | None = None
         self.activations_backend = "tensorflow"
         self.activations_error: str | None = None
         self.activations_parity: float | None = None
-        self._acts: ActivationEngine | None = None
+        self._acts: InterpreterPool | None = None
 
     def _build(self, model, tf, keras) -> None:
         super()._build(model, tf, keras)
@@ -248,7 +269,7 @@ class LiteRTRuntime(KerasRuntime):
         try:
             self._setup(model)
         except Exception as exc:  # any failure: serve through TensorFlow, say why
-            self._blob, self.backend = None, "tensorflow"
+            self._predictor, self.backend = None, "tensorflow"
             self.backend_error = f"{type(exc).__name__}: {exc}"
             level = logging.ERROR if self.required else logging.WARNING
             log.log(
@@ -286,9 +307,12 @@ class LiteRTRuntime(KerasRuntime):
     def _setup(self, model) -> None:
         blob = self._converted(model)
         probe = new_interpreter(blob, self.threads)
-        self._in_index = probe.get_input_details()[0]["index"]
-        self._out_index = probe.get_output_details()[0]["index"]
-        self._blob = blob
+        self._predictor = InterpreterPool(
+            blob,
+            input_index=probe.get_input_details()[0]["index"],
+            index={"output": probe.get_output_details()[0]["index"]},
+            threads=self.threads,
+        )
         x = self._parity_sample()
         expected = np.asarray(self._predict_fn(x), dtype=np.float32)
         got = self._invoke(x)  # the whole sample as one batch, then row by row
@@ -303,7 +327,7 @@ class LiteRTRuntime(KerasRuntime):
                 f"LiteRT output differs from TensorFlow by {diff:g} on the reference sample "
                 f"(tolerance {PARITY_TOLERANCE:g})"
             )
-        self._slot = _Slot()  # fresh per-thread interpreters for serving
+        self._predictor.reset()  # fresh per-thread interpreters for serving
         self.backend = "litert"
 
     def _setup_activations(self) -> None:
@@ -312,11 +336,11 @@ class LiteRTRuntime(KerasRuntime):
         blob = self._converted(self._multi, ":activations")
         names, x = self._all_names, self._parity_sample()
         row_bytes = 4 * sum(int(np.prod(self.layer_shapes[n][1:])) for n in names)
-        passed: list[tuple[float, ActivationEngine, float]] = []
+        passed: list[tuple[float, InterpreterPool, float]] = []
         failures, diffs = [], []
         for delegate in DELEGATES:
             try:
-                engine = ActivationEngine(
+                engine = InterpreterPool.for_signature(
                     blob,
                     names,
                     threads=self.threads,
@@ -343,7 +367,7 @@ class LiteRTRuntime(KerasRuntime):
         engine.reset()  # fresh per-thread interpreters for serving
         self._acts, self.activations_backend = engine, "litert"
 
-    def _activation_parity(self, engine: ActivationEngine, x: np.ndarray) -> tuple[float, str]:
+    def _activation_parity(self, engine: InterpreterPool, x: np.ndarray) -> tuple[float, str]:
         """(max abs difference, layer) of the engine against ``_all_call`` over every
         layer, for the whole sample and its first rows one by one (same batch on both
         sides: TensorFlow itself differs across batch sizes). NaN if any is not finite."""
@@ -380,21 +404,10 @@ class LiteRTRuntime(KerasRuntime):
         return rng.uniform(0, hi, (64, *self.input_shape)).astype(np.float32)
 
     def _invoke(self, x: np.ndarray) -> np.ndarray:
-        slot = self._slot
-        interpreter = slot.interpreter
-        if interpreter is None:
-            interpreter = slot.interpreter = new_interpreter(self._blob, self.threads)
-            slot.rows = -1
-        if slot.rows != len(x):
-            interpreter.resize_tensor_input(self._in_index, x.shape, strict=False)
-            interpreter.allocate_tensors()
-            slot.rows = len(x)
-        interpreter.set_tensor(self._in_index, np.ascontiguousarray(x, dtype=np.float32))
-        interpreter.invoke()
-        return interpreter.get_tensor(self._out_index)
+        return self._predictor.run(x, ("output",))["output"]
 
     def raw_predict(self, x: np.ndarray) -> np.ndarray:
-        if self._blob is None:
+        if self._predictor is None:
             return super().raw_predict(x)
         return self._invoke(self._check(x))
 
@@ -425,7 +438,7 @@ class LiteRTRuntime(KerasRuntime):
         return out
 
 
-def _seconds_per_call(engine: ActivationEngine, x: np.ndarray, names: Sequence[str]) -> float:
+def _seconds_per_call(engine: InterpreterPool, x: np.ndarray, names: Sequence[str]) -> float:
     """Median time of a one-row call plus that of a 32-row call, over every layer: what
     picks the delegate. Both sizes count: for the fraud MLP the two are equally fast on
     one row while XNNPACK is 3x faster on 64 rows (reference statistics, big requests)."""
