@@ -1,9 +1,15 @@
 """``python -m bench``: Layerscope against the naive server and the HTTP ceiling.
 
 Starts each server in turn under the same Gunicorn settings (``service/gunicorn_conf.py``,
-same workers and threads), drives it with ``hey`` and prints a Markdown report: latency
-percentiles and requests/s per model, mode and concurrency, the in-process figures of the
-same runtime, and the ratios issue 6 sets as targets. See docs/benchmarks.md."""
+same workers and threads), drives it with ``wrk`` (or ``hey``) and prints a Markdown
+report: latency percentiles and requests/s per model, mode and concurrency, the in-process
+figures of the same runtime, and the ratios issue 6 sets as targets.
+
+The machine is shared and noisy (one endpoint alone has drifted by 2x within half a
+minute), so the servers of a comparison run side by side, their cells interleaved, and the
+whole interleaved sequence is repeated ``--rounds`` times: each ratio is taken within a
+round and the report gives the median round with every round's value beside it. See
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.load import LoadResult, Payload, run_hey
+from bench.load import LoadResult, Payload, run_load
 from bench.server import children, free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -231,7 +238,13 @@ def tail(path: Path, lines: int = 30) -> str:
 
 def warm(server: Server, url: str, body: bytes, args) -> None:
     """Every worker and thread has served the endpoint before anything is measured."""
-    run_hey(url, body, concurrency=max(4, args.workers * args.threads), seconds=args.warmup)
+    run_load(
+        url,
+        body,
+        concurrency=max(4, args.workers * args.threads),
+        seconds=args.warmup,
+        generator=args.load_generator,
+    )
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -242,6 +255,7 @@ class Row:
     request: str
     result: LoadResult
     rows: int = 1
+    round: int = 0
 
 
 @dataclass
@@ -330,27 +344,29 @@ def run_group(specs: list[Spec], models: list[Model], repo: Path, args, work: Pa
                 for _, path, body, _, _ in plans[spec.label][model.name]:
                     warm(server, server.base + path, body, args)
             server.rss_before = server.rss_kb()
-        for model in models:
-            cells = []  # (request, c) in a stable order, each run on every server in turn
-            for spec in specs:
-                for request, _, _, levels, _ in plans[spec.label][model.name]:
-                    cells += [(request, c) for c in levels if (request, c) not in cells]
-            for request, c in cells:
-                for spec, server in zip(specs, servers, strict=True):
-                    for label, path, body, levels, nrows in plans[spec.label][model.name]:
-                        if label != request or c not in levels:
-                            continue
-                        result = run_hey(
-                            server.base + path, body, concurrency=c, seconds=args.duration
-                        )
-                        rows.append(Row(model.name, spec.label, request, result, nrows))
-                        print(
-                            f"  {spec.label:<38} {model.name:<8} {request:<12} c={c:<3} "
-                            f"{result.rps:9.1f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                            f"p99 {result.p99_ms:7.2f} ms  errors {result.errors}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
+        for round_ in range(args.rounds):
+            for model in models:
+                for request, c in cell_order(specs, plans, model):
+                    for spec, server in zip(specs, servers, strict=True):
+                        for label, path, body, levels, nrows in plans[spec.label][model.name]:
+                            if label != request or c not in levels:
+                                continue
+                            result = run_load(
+                                server.base + path,
+                                body,
+                                concurrency=c,
+                                seconds=args.duration,
+                                generator=args.load_generator,
+                            )
+                            rows.append(Row(model.name, spec.label, request, result, nrows, round_))
+                            print(
+                                f"  round {round_ + 1}/{args.rounds} {spec.label:<38} "
+                                f"{model.name:<8} {request:<12} c={c:<3} {result.rps:9.1f} req/s"
+                                f"  p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  "
+                                f"errors {result.errors}",
+                                file=sys.stderr,
+                                flush=True,
+                            )
         for spec, server in zip(specs, servers, strict=True):
             if spec.kind != "layerscope":
                 continue
@@ -373,6 +389,20 @@ def run_group(specs: list[Spec], models: list[Model], repo: Path, args, work: Pa
         for server in servers:
             server.stop()
     return rows, extras
+
+
+def cell_order(specs: list[Spec], plans: dict, model: Model) -> list[tuple[str, int]]:
+    """(request, c) in a stable order, each run on every server in turn. Activations come
+    right after the single-row c1 cell they are compared with, so the two are measured
+    seconds apart, not minutes."""
+    cells: list[tuple[str, int]] = []
+    for spec in specs:
+        for request, _, _, levels, _ in plans[spec.label][model.name]:
+            cells += [(request, c) for c in levels if (request, c) not in cells]
+    if ("activations", 1) in cells and ("single", 1) in cells:
+        cells.remove(("activations", 1))
+        cells.insert(cells.index(("single", 1)) + 1, ("activations", 1))
+    return cells
 
 
 def batching_decisions(log: Path) -> dict[str, str]:
@@ -452,24 +482,67 @@ def fmt(v: float, digits: int = 1) -> str:
     return "n/a" if v != v else f"{v:,.{digits}f}"
 
 
-def find(rows: list[Row], model: str, server_prefix: str, request: str, c: int) -> Row | None:
-    for row in rows:
-        if (
-            row.model == model
-            and row.server.startswith(server_prefix)
-            and row.request == request
-            and row.result.concurrency == c
-        ):
-            return row
-    return None
+def find(rows: list[Row], model: str, server_prefix: str, request: str, c: int) -> dict:
+    """``{round: Row}`` of one cell (empty if the cell was not run)."""
+    return {
+        row.round: row
+        for row in rows
+        if row.model == model
+        and row.server.startswith(server_prefix)
+        and row.request == request
+        and row.result.concurrency == c
+    }
 
 
-def check(name: str, value: float, target: str) -> str:
-    """A row of the targets table; ``target`` is ">= x" or "<= x" (NaN is never met)."""
+def per_round(num: dict, den: dict, value) -> list[float]:
+    """``value(num_row) / value(den_row)`` for each round both cells ran in."""
+    return [value(num[r]) / value(den[r]) for r in sorted(num.keys() & den.keys())]
+
+
+def rps(row: Row) -> float:
+    return row.result.rps
+
+
+def p50(row: Row) -> float:
+    return row.result.p50_ms
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def check(name: str, values: list[float], target: str) -> str:
+    """A row of the targets table: the median of the per-round ratios against ``target``
+    (">= x" or "<= x"; NaN is never met), every round's value beside it."""
+    value = median(values)
     op, bound = target.split()
     ok = value >= float(bound) if op == ">=" else value <= float(bound)
     verdict = "met" if ok else "**not met**"
-    return f"| {name} | {fmt(value, 2)} | {target} | {verdict} |"
+    rounds = ", ".join(fmt(v, 2) for v in values) or "n/a"
+    return f"| {name} | {fmt(value, 2)} | {rounds} | {target} | {verdict} |"
+
+
+def http_table(rows: list[Row]) -> list[str]:
+    """One line per cell: the median of each figure over the rounds, errors summed, and the
+    spread of req/s between rounds."""
+    cells: dict[tuple, list[Row]] = {}
+    for row in rows:
+        key = (row.model, row.server, row.request, row.result.concurrency)
+        cells.setdefault(key, []).append(row)
+    lines = []
+    for (model, server, request, c), found in cells.items():
+        figures = [r.result for r in found]
+        rate = median([f.rps for f in figures])
+        low, high = min(f.rps for f in figures), max(f.rps for f in figures)
+        lines.append(
+            f"| {model} | {server} | {request} | {c} | {fmt(rate)} | "
+            f"{fmt(low, 0)}–{fmt(high, 0)} | {fmt(rate * found[0].rows, 0)} | "
+            f"{fmt(median([f.p50_ms for f in figures]), 3)} | "
+            f"{fmt(median([f.p90_ms for f in figures]), 3)} | "
+            f"{fmt(median([f.p99_ms for f in figures]), 3)} | "
+            f"{sum(f.errors for f in figures)} |"
+        )
+    return lines
 
 
 def report(
@@ -481,22 +554,19 @@ def report(
         f"- CPU: {machine['cpu']} ({machine['nproc']} cores visible), {machine['python']}",
         f"- load average before / after: {machine['load_before']} / {machine['load_after']}",
         f"- Gunicorn: {args.workers} workers x {args.threads} gthread threads for every server; "
-        f"hey for {args.duration:g} s per cell",
+        f"{args.load_generator} for {args.duration:g} s per cell, {args.rounds} round(s) of "
+        "every comparison, interleaved",
         f"- command: `{machine['command']}`",
         "",
-        "## HTTP (hey)",
+        f"## HTTP ({args.load_generator})",
         "",
-        "| model | server / mode | request | c | req/s | rows/s | p50 ms | p90 ms | p99 ms | "
-        "errors |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "Median over the rounds; `req/s range` is the lowest and highest round.",
+        "",
+        "| model | server / mode | request | c | req/s | req/s range | rows/s | p50 ms | "
+        "p90 ms | p99 ms | errors |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *http_table(rows),
     ]
-    for row in rows:
-        r = row.result
-        lines.append(
-            f"| {row.model} | {row.server} | {row.request} | {r.concurrency} | {fmt(r.rps)} | "
-            f"{fmt(r.rps * row.rows, 0)} | {fmt(r.p50_ms, 2)} | {fmt(r.p90_ms, 2)} | "
-            f"{fmt(r.p99_ms, 2)} | {r.errors} |"
-        )
     lines += [
         "",
         "## In-process (same runtime, called directly)",
@@ -516,32 +586,31 @@ def report(
         "",
         "## Targets (issue 6)",
         "",
-        "| ratio | value | target | verdict |",
-        "|---|---:|---|---|",
+        "Each ratio is taken within a round (the two cells ran side by side); `value` is the "
+        "median round.",
+        "",
+        "| ratio | value | per round | target | verdict |",
+        "|---|---:|---|---|---|",
     ]
     tab = next((m for m in models if m.kind == "tabular"), None)
     img = next((m for m in models if m.kind == "image"), None)
-    nan = float("nan")
-
-    def rps(row):
-        return row.result.rps if row else nan
 
     if tab is not None:
         c16 = 16 if 16 in args.concurrency else max(args.concurrency)
-        ours = rps(find(rows, tab.name, default, "single", c16))
-        ceiling = rps(find(rows, tab.name, "HTTP ceiling", "single", c16))
-        naive = rps(find(rows, tab.name, "naive", "single", c16))
+        ours = find(rows, tab.name, default, "single", c16)
+        ceiling = find(rows, tab.name, "HTTP ceiling", "single", c16)
+        naive = find(rows, tab.name, "naive", "single", c16)
         lines.append(
             check(
                 f"{tab.name} single-row c{c16}: Layerscope / HTTP ceiling",
-                ours / ceiling,
+                per_round(ours, ceiling, rps),
                 ">= 0.7",
             )
         )
         lines.append(
             check(
                 f"{tab.name} single-row c{c16}: Layerscope / naive",
-                ours / naive,
+                per_round(ours, naive, rps),
                 ">= 30",
             )
         )
@@ -553,18 +622,17 @@ def report(
                 lines.append(
                     check(
                         f"{img.name} c32 ({runtime}): batching on / off req/s",
-                        rps(on) / rps(off),
+                        per_round(on, off, rps),
                         ">= 2",
                     )
                 )
             on1 = find(rows, img.name, f"layerscope batching=on runtime={runtime}", "single", 1)
             off1 = find(rows, img.name, f"layerscope batching=off runtime={runtime}", "single", 1)
             if on1 and off1:
-                ratio = on1.result.p99_ms / off1.result.p99_ms
                 lines.append(
                     check(
                         f"{img.name} c1 ({runtime}): p99 batching on / off",
-                        ratio,
+                        per_round(on1, off1, lambda row: row.result.p99_ms),
                         "<= 1.5",
                     )
                 )
@@ -580,12 +648,11 @@ def report(
                 args.batch_concurrency,
             )
             if f and row:
-                ratio = row.result.rps * model.batch_rows / f["batch_rows_per_s"]
                 lines.append(
                     check(
                         f"{model.name} {model.batch_rows}-row requests ({how}): HTTP rows/s / "
                         "in-process rows/s",
-                        ratio,
+                        [row[r].result.rps * model.batch_rows / f["batch_rows_per_s"] for r in row],
                         ">= 0.6",
                     )
                 )
@@ -593,11 +660,10 @@ def report(
         act = find(rows, model.name, default, "activations", 1)
         pred = find(rows, model.name, default, "single", 1)
         if act and pred:
-            ratio = act.result.p50_ms / pred.result.p50_ms
             lines.append(
                 check(
                     f"{model.name} all-hidden-layer activations / predict (p50, c1)",
-                    ratio,
+                    per_round(act, pred, p50),
                     "<= 1.5",
                 )
             )
@@ -671,7 +737,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="train tiny fraud + fashion models into a temporary repository",
     )
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per cell")
+    parser.add_argument(
+        "--duration", type=float, default=4.0, help="seconds of load per cell and round"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="times every comparison is repeated, interleaved; ratios are per round",
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=("wrk", "hey"),
+        default="wrk",
+        help="wrk (default: microsecond latencies, little CPU) or hey (0.1 ms steps)",
+    )
     parser.add_argument("--concurrency", default="1,4,16,64")
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument(
@@ -696,7 +776,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.modes = [tuple(m.split(":", 1)) for m in args.modes.split(",") if m]
     args.skip = {s for s in args.skip.split(",") if s}
     if args.smoke:
-        args.duration, args.warmup = 0.4, 0.3
+        args.duration, args.warmup, args.rounds = 1.0, 1.0, 1  # wrk counts whole seconds
         args.concurrency = [1, 16]
         args.modes = [("on", "auto"), ("off", "auto")]
     if args.models:
@@ -711,8 +791,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if shutil.which("hey") is None:
-        print("the load generator `hey` is missing: apt-get install hey", file=sys.stderr)
+    if args.rounds < 1 or args.duration <= 0:
+        print(
+            f"--rounds must be >= 1 and --duration > 0. Received: rounds={args.rounds}, "
+            f"duration={args.duration}",
+            file=sys.stderr,
+        )
+        return 2
+    if shutil.which(args.load_generator) is None:
+        print(
+            f"the load generator `{args.load_generator}` is missing: "
+            f"apt-get install {args.load_generator}",
+            file=sys.stderr,
+        )
         return 2
     machine = {
         "cpu": cpu_model(),

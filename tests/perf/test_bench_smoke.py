@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA_DIR = Path(os.environ.get("LAYERSCOPE_DATA_DIR", ROOT.parent / "shared" / "datasets"))
 
 
-@pytest.mark.skipif(shutil.which("hey") is None, reason="the load generator hey is missing")
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the load generator wrk is missing")
 @pytest.mark.skipif(
     not (DATA_DIR / "creditcard").is_dir() or not (DATA_DIR / "fashion-mnist").is_dir(),
     reason=f"no card / Fashion-MNIST data under {DATA_DIR}",
@@ -43,13 +43,13 @@ def test_bench_smoke(tmp_path):
     assert out.read_text().strip() == report.strip()
     for heading in (
         "## Machine",
-        "## HTTP (hey)",
+        "## HTTP (wrk)",
         "## In-process",
         "## Targets (issue 6)",
         "## Worker memory",
     ):
         assert heading in report, heading
-    http_part = report.split("## HTTP (hey)", 1)[1].split("## In-process", 1)[0]
+    http_part = report.split("## HTTP (wrk)", 1)[1].split("## In-process", 1)[0]
     http = [r for r in http_part.splitlines() if re.match(r"\| (fraud|fashion) \| ", r)]
     assert len(http) >= 20
     servers = {r.split("|")[2].strip() for r in http}

@@ -1,0 +1,149 @@
+"""The bench's report logic: per-round ratios, medians, the interleaved cell order, and the
+wrk script and summary it reads (the end-to-end run is tests/perf/test_bench_smoke.py)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from bench.load import LoadResult, Payload, parse_wrk, run_load, run_wrk, wrk_script
+from bench.run import (
+    Row,
+    Spec,
+    cell_order,
+    check,
+    find,
+    http_table,
+    p50,
+    parse_args,
+    per_round,
+    rps,
+)
+
+
+def result(rps_: float, p50_ms: float = 1.0, c: int = 1, errors: int = 0) -> LoadResult:
+    return LoadResult("http://x", c, 100, rps_, p50_ms, 2 * p50_ms, 3 * p50_ms, errors)
+
+
+def test_ratios_are_taken_within_each_round_and_the_median_is_reported():
+    ours = {0: Row("m", "a", "single", result(100)), 1: Row("m", "a", "single", result(50))}
+    base = {0: Row("m", "b", "single", result(200)), 1: Row("m", "b", "single", result(60))}
+    assert per_round(ours, base, rps) == [0.5, 50 / 60]
+    line = check("x", [0.5, 0.9, 0.8], ">= 0.7")
+    assert line == "| x | 0.80 | 0.50, 0.90, 0.80 | >= 0.7 | met |"
+    assert check("x", [1.6, 1.4], "<= 1.5").endswith("| <= 1.5 | met |")  # median 1.5
+    assert "**not met**" in check("x", [], ">= 2")  # nothing measured is never met
+
+
+def test_rounds_missing_on_one_side_are_left_out():
+    a = {0: Row("m", "a", "single", result(10, 2.0)), 2: Row("m", "a", "single", result(10, 3))}
+    b = {0: Row("m", "b", "single", result(10, 1.0)), 1: Row("m", "b", "single", result(10, 1))}
+    assert per_round(a, b, p50) == [2.0]
+
+
+def test_find_keys_a_cell_by_round():
+    rows = [
+        Row("fraud", "layerscope batching=auto", "single", result(1, c=16), round=r)
+        for r in range(3)
+    ] + [Row("fraud", "layerscope batching=auto", "single", result(1, c=1), round=0)]
+    assert sorted(find(rows, "fraud", "layerscope", "single", 16)) == [0, 1, 2]
+    assert find(rows, "fraud", "naive", "single", 16) == {}
+
+
+def test_http_table_gives_medians_the_spread_and_summed_errors():
+    rows = [
+        Row("fraud", "s", "batch 4", result(v, p, c=4, errors=e), rows=4, round=i)
+        for i, (v, p, e) in enumerate([(100, 1.0, 0), (300, 3.0, 1), (200, 2.0, 2)])
+    ]
+    (line,) = http_table(rows)
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells == ["fraud", "s", "batch 4", "4", "200.0", "100–300", "800", "2.000",
+                     "4.000", "6.000", "3"]  # fmt: skip
+
+
+def test_activations_run_right_after_the_single_row_c1_cell():
+    spec = Spec("layerscope", "layerscope", ("auto", "auto"))
+    plan = [
+        ("single", "/p", b"", [1, 4, 16], 1),
+        ("batch 256", "/p", b"", [4], 256),
+        ("activations", "/a", b"", [1], 1),
+    ]
+
+    class M:
+        name = "fraud"
+
+    order = cell_order([spec], {spec.label: {"fraud": plan}}, M)
+    assert order == [
+        ("single", 1),
+        ("activations", 1),
+        ("single", 4),
+        ("single", 16),
+        ("batch 256", 4),
+    ]
+
+
+def test_wrk_script_quotes_paths_and_headers():
+    payload = Payload(b"", "application/octet-stream", (("X-K", 'v"1'),))
+    script = wrk_script('/tmp/a "b"\\c', payload)
+    assert 'io.open("/tmp/a \\"b\\"\\\\c", "rb")' in script
+    assert 'wrk.headers["Content-Type"] = "application/octet-stream"' in script
+    assert 'wrk.headers["X-K"] = "v\\"1"' in script
+
+
+def test_parse_wrk_reads_the_summary_line_and_says_when_it_is_missing():
+    out = 'Running 1s test\nWRK-JSON {"requests": 5, "duration_us": 1000000, "p50": 812}\n'
+    assert parse_wrk(out) == {"requests": 5, "duration_us": 1000000, "p50": 812}
+    with pytest.raises(RuntimeError, match="no summary"):
+        parse_wrk("Running 1s test\n")
+
+
+def test_run_load_rejects_an_unknown_generator():
+    with pytest.raises(ValueError, match="Received: generator='ab'"):
+        run_load("http://127.0.0.1:9/", b"{}", concurrency=1, seconds=1, generator="ab")
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """200 for a JSON POST carrying the test header, 400 otherwise."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        ok = self.headers["X-Bench"] == "yes" and body == b'{"instances": [[1]]}'
+        self.seen.append(self.headers["Content-Type"])
+        data = b"{}"
+        self.send_response(200 if ok else 400)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="the load generator wrk is missing")
+def test_run_wrk_against_a_real_server_counts_requests_latencies_and_errors():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        good = Payload(b'{"instances": [[1]]}', "application/json", (("X-Bench", "yes"),))
+        ok = run_wrk(url, good, concurrency=2, seconds=1)
+        bad = run_wrk(url, b"{}", concurrency=1, seconds=1)
+    finally:
+        server.shutdown()
+    assert ok.requests > 10 and ok.errors == 0 and ok.rps > 0
+    assert 0 < ok.p50_ms <= ok.p90_ms <= ok.p99_ms
+    assert bad.requests > 10 and bad.errors == bad.requests  # every 400 is an error
+    assert set(_Echo.seen) == {"application/json"}
+
+
+def test_wrk_is_what_the_bench_runs_by_default_and_the_smoke_is_one_round():
+    assert parse_args(["--models", "fraud"]).load_generator == "wrk"
+    assert parse_args(["--models", "fraud"]).rounds == 3
+    smoke = parse_args(["--models", "fraud", "--smoke"])
+    assert (smoke.rounds, smoke.duration) == (1, 1.0)  # wrk runs whole seconds
