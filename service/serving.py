@@ -234,8 +234,17 @@ class InterpreterPool:
                 slot.rows = len(x)
             interpreter.set_tensor(self.input_index, np.ascontiguousarray(x, dtype=np.float32))
             interpreter.invoke()
-            # get_tensor copies: the arrays survive this thread's next invoke
-            return {name: interpreter.get_tensor(self.index[name]) for name in names}
+            # get_tensor copies: the arrays survive this thread's next invoke. Layers that
+            # are one tensor (inference-time Dropout is an identity) share one copy.
+            copies: dict[int, np.ndarray] = {}
+            out = {}
+            for name in names:
+                index = self.index[name]
+                values = copies.get(index)
+                if values is None:
+                    values = copies[index] = interpreter.get_tensor(index)
+                out[name] = values
+            return out
         except Exception:
             slot.interpreter = None  # a half-resized interpreter is not reused
             raise

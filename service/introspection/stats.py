@@ -103,13 +103,19 @@ def layers_instance_stats(
     buffer and each statistic is one segmented reduction over all of them, so a request
     for every layer costs a few numpy calls rather than a dozen per layer and instance.
     A layer equal to an earlier one (inference-time Dropout) gets a copy of its statistics.
-    Instances are taken in chunks that keep the buffer near ``CHUNK_VALUES``."""
+    Instances are taken in chunks that keep the buffer near ``CHUNK_VALUES``; one instance
+    of small dense layers (the common single-row request) takes ``_single_stats``."""
     arrays = [_floating(v) for v in layers]
     rules = [inactive_rule(a) for a in activations]
     n = len(arrays[0]) if arrays else 0
     first = _first_equal(arrays, rules)
     todo = [j for j, a in enumerate(arrays) if first[j] == j and a.size]
     done: dict[int, list[dict]] = {j: [] for j in todo}
+    if n == 1 and todo and _small([arrays[j] for j in todo]):
+        layers, acts = [arrays[j] for j in todo], [activations[j] for j in todo]
+        got = _single_stats(layers, acts, [rules[j] for j in todo], top_k)
+        done.update(zip(todo, got, strict=True))
+        todo = []
     step = max(1, CHUNK_VALUES // max(1, sum(arrays[j].size for j in todo) // max(1, n)))
     for start in range(0, n if todo else 0, step):
         chunk = [arrays[j][start : start + step] for j in todo]
@@ -150,6 +156,8 @@ def _first_equal(arrays: list[np.ndarray], rules: list[str]) -> list[int]:
 
 
 def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    if a is b:  # one output tensor under two layer names (inference-time Dropout)
+        return True
     if a.size > 1024 and not (a.reshape(-1)[:16] == b.reshape(-1)[:16]).all():
         return False
     return bool((a == b).all())
@@ -208,6 +216,68 @@ def _centred_squares(squares, mean, sizes, arrays) -> np.ndarray:
         d = arrays[j][i].reshape(-1).astype(np.float64) - mean[i, j]
         centred[i, j] = np.einsum("i,i->", d, d)
     return centred
+
+
+SMALL_VALUES = 4096  # one instance of dense layers with up to this many values: _single_stats
+
+
+def _small(arrays: list[np.ndarray]) -> bool:
+    """Whether ``_single_stats`` takes these layers of one instance (and is the faster)."""
+    return sum(a.size for a in arrays) <= SMALL_VALUES and all(a.ndim <= 2 for a in arrays)
+
+
+def _sqrt(v: float) -> float:
+    """``np.sqrt`` of one Python float: NaN (not ValueError) below zero."""
+    return math.sqrt(v) if v >= 0 else math.nan
+
+
+def _single_stats(
+    arrays: list[np.ndarray], activations: list[str | None], rules: list[str], top_k: int
+) -> list[list[dict]]:
+    """``_chunk_stats`` of ONE instance of non-empty (1, units) layers, equal to it to the
+    last bit: the same reductions (``reduceat`` over the same float64 values; sums are
+    order-sensitive), then the per-layer scalar arithmetic (IEEE ``+ - * / sqrt``, exact in
+    Python too) on Python floats, and top-k as each layer's own stable argsort (what the
+    shared padded argsort and ``top_k_units`` return). For a few hundred values numpy's
+    per-call overhead, not the arithmetic, is what costs."""
+    bounds = list(itertools.accumulate((a.size for a in arrays), initial=0))
+    offsets = bounds[:-1]
+    x = np.concatenate([a.reshape(-1) for a in arrays], dtype=np.float64)
+    neg = np.negative(x)
+    lo = np.minimum.reduceat(x, offsets).tolist()
+    hi = np.maximum.reduceat(x, offsets).tolist()
+    sums = np.add.reduceat(x, offsets).tolist()
+    squares = np.add.reduceat(np.square(x), offsets).tolist()
+    counts = {
+        rule: np.add.reduceat(inactive_mask(x, act), offsets, dtype=np.int64).tolist()
+        for rule, act in dict(zip(rules, activations, strict=True)).items()
+    }
+    out = []
+    for j, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+        size = b - a
+        mean, sq = sums[j] / size, squares[j]
+        centred = sq - size * (mean * mean)
+        if centred * WELL_CONDITIONED < sq:  # as _centred_squares: two-pass
+            d = arrays[j][0].reshape(-1).astype(np.float64) - mean
+            centred = float(np.einsum("i,i->", d, d))
+        if size <= FULL_SORT_UNITS:
+            order = neg[a:b].argsort(kind="stable")[:top_k]
+        else:  # the same first k, without sorting every unit
+            order = top_k_units(x[None, a:b], min(top_k, size))[0]
+        units, tops = order.tolist(), x[a:b][order].tolist()
+        if not math.isfinite(sums[j]):  # some value is NaN / Inf
+            tops = [_f(v) for v in tops]
+        row = {
+            "mean": _f(mean),
+            "std": _f(_sqrt(centred / size)),
+            "min": _f(lo[j]),
+            "max": _f(hi[j]),
+            "inactive_fraction": counts[rules[j]][j] / size,
+            "l2_norm": _f(_sqrt(sq)),
+            "top_k": [{"unit": u, "value": v} for u, v in zip(units, tops, strict=True)],
+        }
+        out.append([row])
+    return out
 
 
 def _inactive_counts(x, bounds: list[int], activations, rules) -> np.ndarray:

@@ -279,3 +279,18 @@ def test_activations_endpoint_stats_equal_plain_numpy_of_its_values(client, runt
                 "shape": item["shape"],
                 "stats": item["stats"],
             }
+
+
+def test_one_row_response_is_the_same_on_both_stats_paths(client, monkeypatch):
+    """A single row of the MLP takes the one-instance statistics path (dense layers, few
+    values): the response is byte for byte the general path's."""
+    from .helpers import transactions
+
+    body = {"instances": transactions(1, seed=14)[0].tolist(), "include": ["values", "stats"]}
+    fast = client.post("/models/txn/activations", json=body)
+    shapes = [item["shape"] for item in fast.get_json()["instances"][0]["layers"].values()]
+    assert fast.status_code == 200 and all(len(s) == 1 for s in shapes)
+    assert sum(s[0] for s in shapes) <= stats.SMALL_VALUES
+    monkeypatch.setattr(stats, "SMALL_VALUES", -1)
+    general = client.post("/models/txn/activations", json=body)
+    assert general.status_code == 200 and fast.data == general.data

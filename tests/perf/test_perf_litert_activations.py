@@ -98,6 +98,30 @@ def test_contract_of_activations(lite, splits):
             np.testing.assert_array_equal(v, first[k])
 
 
+def test_layers_of_one_tensor_are_copied_out_once(lite, splits, monkeypatch):
+    """Inference-time Dropout is an identity: the conversion gives it its input's tensor,
+    which is copied out once for both names (equal to Keras, checked above). A chunked
+    batch still gets one whole array per name."""
+    checked = 0
+    for name, rt in _litert(lite).items():
+        index = rt._acts.index
+        dropouts = [d.name for d in rt.model.layers if type(d).__name__ == "Dropout"]
+        x = splits[name][0][:3]
+        got = rt.activations(x, rt.layer_names)
+        for layer in dropouts:
+            same = [n for n in rt.output_layer_names if index[n] == index[layer] and n != layer]
+            assert same, (name, layer)  # the layer before: one tensor
+            assert all(got[n] is got[layer] for n in same)
+            checked += 1
+        monkeypatch.setattr(rt._acts, "max_rows", 1)  # one row per invoke
+        chunked = rt.activations(x, rt.layer_names)
+        for layer in rt.layer_names:  # batches of 1 vs 3: same tolerance as against Keras
+            assert chunked[layer].shape == got[layer].shape
+            assert float(np.abs(chunked[layer] - got[layer]).max()) <= PARITY_TOLERANCE
+        monkeypatch.undo()
+    assert checked, "no fixture model serves a Dropout layer through LiteRT"
+
+
 def test_concurrent_callers_get_their_own_rows(lite, splits):
     """8 threads x 50 calls, each thread on its own 5 rows with batch sizes 1..3: every
     result is the single-threaded answer for those rows, kept until the end (no shared
