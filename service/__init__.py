@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any
 
 import orjson
@@ -60,6 +61,27 @@ class OrjsonProvider(JSONProvider):
         )
 
 
+class LayerscopeFlask(Flask):
+    """Flask, remembering which plain functions are synchronous: ``ensure_sync`` runs for
+    every hook and view of every request (nine on a prediction), and each call asked
+    ``inspect.iscoroutinefunction`` again about the same few registered functions."""
+
+    _SYNC_CACHE_LIMIT = 1024  # registered hooks and views; anything beyond is not cached
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync_functions: set[FunctionType] = set()
+
+    def ensure_sync(self, func: Any) -> Any:
+        plain = type(func) is FunctionType  # registered functions: stable objects
+        if plain and func in self._sync_functions:
+            return func
+        wrapped = super().ensure_sync(func)
+        if plain and wrapped is func and len(self._sync_functions) < self._SYNC_CACHE_LIMIT:
+            self._sync_functions.add(func)
+        return wrapped
+
+
 def configure_tensorflow(settings: Settings) -> None:
     """Thread pools sized per worker; must happen before TF runs its first op."""
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(settings.intra_op_threads))
@@ -89,7 +111,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     _configure_logging(settings)
     configure_tensorflow(settings)
 
-    app = Flask(__name__)
+    app = LayerscopeFlask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json = OrjsonProvider(app)
     errors.install(app)

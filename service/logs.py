@@ -13,6 +13,7 @@ import collections
 import itertools
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -21,8 +22,10 @@ import weakref
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, has_request_context, request
 from gunicorn import glogging
+from werkzeug.wsgi import get_content_length
 
 REQUEST_ID_HEADER = "X-Request-ID"
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -38,27 +41,80 @@ _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
 }
 
 
+_ts_second: tuple[int, str] = (-1, "")  # the last second formatted, replaced atomically
+
+
+def iso_timestamp(created: float) -> str:
+    """``datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")``, with the
+    date and time of day formatted once per second: the same half-even rounding to
+    microseconds as ``datetime``, then truncation to milliseconds."""
+    global _ts_second
+    if type(created) is not float or not 0.0 <= created < 1e11:
+        return datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+    frac, whole = math.modf(created)
+    micros = round(frac * 1e6)
+    second = int(whole)
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    cached = _ts_second
+    if cached[0] != second:
+        t = time.gmtime(second)
+        cached = _ts_second = (
+            second,
+            f"{t.tm_year:04d}-{t.tm_mon:02d}-{t.tm_mday:02d}T"
+            f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}",
+        )
+    return f"{cached[1]}.{micros // 1000:03d}+00:00"
+
+
+_ORJSON_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def json_line(entry: dict[str, Any]) -> str:
+    """``json.dumps(entry, default=str, separators=(",", ":"))``, through orjson (about 15
+    times faster) when that gives the same text: flat values of plain types, floats that
+    repr() writes without an exponent, ASCII output without DEL (json escapes non-ASCII
+    and DEL). Anything else takes json.dumps itself."""
+    for value in entry.values():
+        kind = type(value)
+        if kind is float:
+            if not (value == 0.0 or 1e-4 <= abs(value) < 1e16):  # NaN fails both
+                break
+        elif kind not in _ORJSON_TYPES:
+            break
+    else:
+        try:
+            line = orjson.dumps(entry)
+        except orjson.JSONEncodeError:  # e.g. an int beyond 64 bits
+            pass
+        else:
+            if line.isascii() and b"\x7f" not in line:
+                return line.decode()
+    return json.dumps(entry, default=str, separators=(",", ":"))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, pid, request_id, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "ts": iso_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
             "pid": record.process,
         }
-        if has_request_context() and "request_id" not in record.__dict__:
+        fields = record.__dict__
+        if "request_id" not in fields and has_request_context():
             rid = g.get("request_id")
             if rid:
                 entry["request_id"] = rid
-        for key, value in record.__dict__.items():
+        for key, value in fields.items():
             if key not in _RECORD_FIELDS and not key.startswith("_"):
                 entry[key] = value
         if record.exc_info:
             entry["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return json_line(entry)
 
 
 class BackgroundStreamHandler(logging.StreamHandler):
@@ -221,15 +277,22 @@ def request_id_from(value: str | None) -> str:
     return new_request_id()
 
 
+_REQUEST_ID_ENVIRON = "HTTP_" + REQUEST_ID_HEADER.upper().replace("-", "_")
+
+
 def _before() -> None:
-    g.request_id = request_id_from(request.headers.get(REQUEST_ID_HEADER))
-    g._ls_log_start = time.perf_counter()
+    # what request.headers.get(REQUEST_ID_HEADER) reads, without the header-name mangling
+    ctx = g._get_current_object()  # one proxy lookup per hook instead of one per field
+    ctx.request_id = request_id_from(request.environ.get(_REQUEST_ID_ENVIRON))
+    ctx._ls_log_start = time.perf_counter()
 
 
 _access = logging.getLogger(ACCESS_LOGGER)
+_metrics = None  # service.metrics, imported on first use (the same bounded model labels)
 
 
 def _after(response: Response) -> Response:
+    global _metrics
     ctx = g._get_current_object()
     req = request._get_current_object()  # one proxy lookup instead of one per field
     rid = ctx.get("request_id") or request_id_from(None)
@@ -244,7 +307,8 @@ def _after(response: Response) -> Response:
     else:
         args = req.view_args or {}
         model = args.get("name", args.get("model"))
-    from service import metrics  # the same bounded labels as the metrics
+    if _metrics is None:
+        from service import metrics as _metrics
 
     rule = req.url_rule
     fields = {
@@ -254,9 +318,9 @@ def _after(response: Response) -> Response:
         "path": path[:256],
         "status": response.status_code,
         "duration_ms": None if start is None else round((time.perf_counter() - start) * 1e3, 3),
-        "request_bytes": req.content_length,
+        "request_bytes": get_content_length(req.environ),  # req.content_length, sooner
         "response_bytes": response.calculate_content_length(),
-        "model": None if model is None else metrics.model_label(model),
+        "model": None if model is None else _metrics.model_label(model),
         "version": None if served is None else served[1],
     }
     # Logger.info without the caller lookup (a stack walk per request; the JSON line

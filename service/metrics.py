@@ -223,43 +223,69 @@ def metrics_endpoint() -> Response:
     return Response(body, status=200, content_type=content_type)
 
 
-def _request_model() -> str | None:
-    args = request.view_args or {}
+def _request_model(args: dict | None = None) -> str | None:
+    if args is None:
+        args = request.view_args or {}
     for key in ("name", "model", "model_name"):
         if key in args:
             return args[key]
     return None
 
 
+# The hooks resolve ``g`` and ``request`` once each: every attribute read through the
+# proxies costs a context lookup, and these run on every request.
 def _before() -> None:
     if request.path == METRICS_PATH:
         return
-    g._ls_metrics_start = time.perf_counter()
-    g._ls_metrics_inflight = True
+    ctx = g._get_current_object()
+    ctx._ls_metrics_start = time.perf_counter()
+    ctx._ls_metrics_inflight = True
     IN_FLIGHT.inc()
 
 
 def _after(response: Response) -> Response:
-    start = g.pop("_ls_metrics_start", None)
+    ctx = g._get_current_object()
+    start = ctx.pop("_ls_metrics_start", None)
     if start is None:
         return response
     try:
-        served = g.get("layerscope_model")  # (name, version) set when a runtime resolved
+        req = request._get_current_object()
+        served = ctx.get("layerscope_model")  # (name, version) set when a runtime resolved
         if served is not None:
             model, version = model_label(str(served[0])), str(served[1])
         else:
-            model = model_label(_request_model())
-            version = (request.view_args or {}).get("version")
-        endpoint = request.url_rule.rule if request.url_rule is not None else UNMATCHED_ENDPOINT
-        method = request.method if request.method in _METHODS else "other"
-        child(
-            REQUESTS, model, version_label(model, version), endpoint, method,
-            str(response.status_code),
-        ).inc()
-        child(REQUEST_DURATION, model, endpoint, method).observe(time.perf_counter() - start)
+            args = req.view_args or {}
+            model = model_label(_request_model(args))
+            version = args.get("version")
+        rule = req.url_rule
+        endpoint = rule.rule if rule is not None else UNMATCHED_ENDPOINT
+        method = req.method
+        if method not in _METHODS:
+            method = "other"
+        requests, duration = _request_children(
+            model, version_label(model, version), endpoint, method, response.status_code
+        )
+        requests.inc()
+        duration.observe(time.perf_counter() - start)
     except Exception:  # metrics never break a response
         log.exception("request metrics failed")
     return response
+
+
+_request_children_memo: dict[tuple, tuple] = {}
+
+
+def _request_children(model: str, version: str, endpoint: str, method: str, code: int):
+    """(requests counter child, duration histogram child) of one label set, memoised like
+    ``child`` (one lookup per request instead of two, no status-code string)."""
+    key = (model, version, endpoint, method, code)
+    found = _request_children_memo.get(key)
+    if found is None:
+        found = _request_children_memo[key] = (
+            child(REQUESTS, model, version, endpoint, method, str(code)),
+            child(REQUEST_DURATION, model, endpoint, method),
+        )
+    return found
 
 
 def _teardown(_exc: BaseException | None) -> None:
@@ -320,13 +346,22 @@ class _RuntimeMetrics:
         return child(PREDICTIONS, self.model, self.version, label)
 
 
-_by_runtime: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_by_runtime: dict[int, tuple[weakref.ref, _RuntimeMetrics]] = {}
 
 
 def _runtime_metrics(runtime) -> _RuntimeMetrics:
-    found = _by_runtime.get(runtime)
-    if found is None:
-        found = _by_runtime[runtime] = _RuntimeMetrics(runtime)
+    """Keyed by id with a weak reference to check it (a WeakKeyDictionary builds a new
+    weak reference on every lookup); an entry of a dead runtime is replaced when its id
+    is reused."""
+    entry = _by_runtime.get(id(runtime))
+    if entry is not None and entry[0]() is runtime:
+        return entry[1]
+    found = _RuntimeMetrics(runtime)
+    with _lock:
+        for key, (ref, _) in list(_by_runtime.items()):
+            if ref() is None:
+                del _by_runtime[key]
+        _by_runtime[id(runtime)] = (weakref.ref(runtime), found)
     return found
 
 
@@ -425,9 +460,18 @@ def observe_many(histogram, values: np.ndarray) -> None:
 
 
 def layer_summary(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per instance: mean activation and fraction of units at or below 0."""
+    """Per instance: mean activation and fraction of units at or below 0.
+
+    The steps of ``ndarray.mean(axis=1)`` themselves (a float32 sum, or a float64 one for
+    booleans, divided in place by the count as ``intp``), bit for bit, without its Python
+    wrapper: on the usual one-row sample the wrapper cost more than the arithmetic."""
     flat = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
-    return flat.mean(axis=1), (flat <= 0).mean(axis=1)
+    count = np.intp(flat.shape[1])
+    means = np.add.reduce(flat, axis=1)
+    np.true_divide(means, count, out=means, casting="unsafe")
+    inactive = np.add.reduce(flat <= 0, axis=1, dtype=np.float64)
+    np.true_divide(inactive, count, out=inactive, casting="unsafe")
+    return means, inactive
 
 
 def sample_activations(
@@ -446,8 +490,8 @@ def sample_activations(
     model, version = str(runtime.name), str(runtime.version)
     for layer, values in acts.items():
         means, inactive = layer_summary(values)
-        mean_metric = LAYER_ACTIVATION_MEAN.labels(model, version, layer)
-        inactive_metric = LAYER_INACTIVE_FRACTION.labels(model, version, layer)
+        mean_metric = child(LAYER_ACTIVATION_MEAN, model, version, layer)
+        inactive_metric = child(LAYER_INACTIVE_FRACTION, model, version, layer)
         for m, f in zip(means.tolist(), inactive.tolist(), strict=True):
             mean_metric.observe(m)
             inactive_metric.observe(f)

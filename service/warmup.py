@@ -17,8 +17,10 @@ PROBES = {"v2.model_ready", "native.list_models"}
 def _hold() -> None:
     state = current_app.extensions["layerscope"]
     done = state.repository.initial_load_done
+    if done.is_set():  # every request once the worker is warm: nothing else to look up
+        return
     endpoint = request.endpoint
-    if done.is_set() or endpoint is None or endpoint in PROBES:
+    if endpoint is None or endpoint in PROBES:
         return
     if (request.blueprint or "") in NEVER_WAIT:
         return

@@ -71,8 +71,9 @@ def compute(
     runtime, x: np.ndarray, layers: Sequence[str] = (), *, endpoint: str, budget: bool = True
 ) -> Result:
     """The single forward pass behind every predict / infer endpoint."""
-    g.layerscope_endpoint = endpoint
-    g.layerscope_batch_size = int(x.shape[0])
+    ctx = g._get_current_object()  # one proxy lookup for the three fields
+    ctx.layerscope_endpoint = endpoint
+    ctx.layerscope_batch_size = int(x.shape[0])
     start = time.perf_counter()
     if layers:
         runtime.check_layers(layers)
@@ -87,7 +88,7 @@ def compute(
         raw = batching.predict(runtime, x)
         result = Result(raw, runtime.probabilities(raw))
     result.seconds = time.perf_counter() - start
-    g.layerscope_compute_seconds = result.seconds
+    ctx.layerscope_compute_seconds = result.seconds
     metrics.observe_predict(runtime, x, raw, result.seconds, result.layers)
     return result
 

@@ -59,14 +59,11 @@ def version_metadata(name: str, version: int):
 def decode_request(runtime):
     """JSON {"instances": [...]} or, for image models, multipart files named 'image'."""
     cfg = settings()
-    if inputs.is_multipart(request):
-        inputs.check_size(request, cfg.max_body_bytes)
-        return inputs.read_multipart_images(
-            request, runtime, cfg.max_batch_size, cfg.max_image_pixels
-        )
-    body = inputs.read_json(
-        request, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image"
-    )
+    req = request._get_current_object()  # the helpers read several fields: no proxy each
+    if inputs.is_multipart(req):
+        inputs.check_size(req, cfg.max_body_bytes)
+        return inputs.read_multipart_images(req, runtime, cfg.max_batch_size, cfg.max_image_pixels)
+    body = inputs.read_json(req, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image")
     instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
     return inputs.decode_for_model(instances, runtime, cfg.max_image_pixels)
 
