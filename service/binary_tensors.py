@@ -48,7 +48,9 @@ DATATYPES: dict[str, np.dtype] = {
 SUPPORTED = [*DATATYPES, "BYTES"]
 _BY_KIND = {(d.kind, d.itemsize): name for name, d in DATATYPES.items()}
 _LENGTH = struct.Struct("<I")
-_INTEGER = re.compile(r"\s*-?\d{1,19}\s*")
+# ASCII only: re's \s and \d also match characters int() refuses (e.g. "\x1f" after a digit
+# made int() raise a ValueError: a 500); HTTP allows spaces and tabs around a value.
+_INTEGER = re.compile(r"[ \t]*-?[0-9]{1,19}[ \t]*")
 
 Tensor = np.ndarray | list  # numeric array, or BYTES elements (list of bytes)
 

@@ -522,6 +522,19 @@ def test_limits_apply_to_binary_requests(small_app):
     assert r.status_code == 413 and "60 values" in r.json["error"]
 
 
+@pytest.mark.parametrize("length", ["0\x1f", "\x1c2", "2\x0b", "\u0663", "1\u00a0", "\u20022"])
+def test_header_length_takes_ascii_digits_only(length):
+    """Characters re's \\s / \\d match but int() refuses (or HTTP never sends) are a
+    BinaryTensorError naming the header, not a ValueError (found by the fuzz test below)."""
+    with pytest.raises(bt.BinaryTensorError, match=bt.HEADER):
+        bt.parse_request(b'{"inputs": []}', length)
+
+
+def test_header_length_allows_spaces_and_tabs_around_the_number():
+    head = json.dumps({"inputs": []}).encode()
+    assert bt.parse_request(head, f" \t{len(head)}\t ") == bt.parse_request(head, len(head))
+
+
 # -- (d) the codec: round trips ---------------------------------------------------------------
 NUMERIC = sorted(bt.DATATYPES)
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
