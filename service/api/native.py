@@ -45,7 +45,15 @@ def public_metadata(described: dict) -> dict:
     introspection token is set and the request does not carry it."""
     if security.introspection_allowed():
         return described
-    return {k: v for k, v in described.items() if k not in ("layers", "hidden_layers")}
+    public = {k: v for k, v in described.items() if k not in ("layers", "hidden_layers")}
+    runtime = public.get("runtime")
+    if isinstance(runtime, dict) and runtime.get("litert_activations_error"):
+        # the parity gate's reason names the hidden layer that failed it
+        public["runtime"] = {**runtime, "litert_activations_error": REDACTED}
+    return public
+
+
+REDACTED = "not shown: send the introspection token"
 
 
 @bp.get("/models/<name>/versions/<int:version>")

@@ -87,6 +87,22 @@ def test_model_metadata_lists_hidden_layers_only_with_the_token(secured_app, app
     assert meta["hidden_layers"] == hidden and meta["layers"]
 
 
+def test_runtime_reasons_naming_a_layer_are_hidden_without_the_token(secured_app):
+    """The LiteRT activations gate's reason names the failing hidden layer."""
+    from service.api.native import REDACTED, public_metadata
+
+    reason = "layer 'dense_1' differs by 5.9e-05"
+    described = {"name": "m", "runtime": {"predict": "litert", "litert_activations_error": reason}}
+    for headers, expected in (({}, REDACTED), (WRONG, REDACTED), (BEARER, reason)):
+        with secured_app.test_request_context("/models/m", headers=headers):
+            shown = public_metadata(described)["runtime"]
+        assert shown == {"predict": "litert", "litert_activations_error": expected}
+    assert described["runtime"]["litert_activations_error"] == reason  # not modified
+    with secured_app.test_request_context("/models/m"):
+        passed = {"runtime": {"litert_activations_error": None}}
+        assert public_metadata(passed) == passed  # nothing to hide
+
+
 def test_v2_metadata_lists_layer_outputs_only_with_the_token(secured_app, app):
     everything = [o["name"] for o in app.test_client().get("/v2/models/fraud").json["outputs"]]
     assert len(everything) > 1 and "dense_1" in everything
