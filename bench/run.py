@@ -345,28 +345,24 @@ def run_group(specs: list[Spec], models: list[Model], repo: Path, args, work: Pa
                     warm(server, server.base + path, body, args)
             server.rss_before = server.rss_kb()
         for round_ in range(args.rounds):
-            for model in models:
-                for request, c in cell_order(specs, plans, model):
-                    for spec, server in zip(specs, servers, strict=True):
-                        for label, path, body, levels, nrows in plans[spec.label][model.name]:
-                            if label != request or c not in levels:
-                                continue
-                            result = run_load(
-                                server.base + path,
-                                body,
-                                concurrency=c,
-                                seconds=args.duration,
-                                generator=args.load_generator,
-                            )
-                            rows.append(Row(model.name, spec.label, request, result, nrows, round_))
-                            print(
-                                f"  round {round_ + 1}/{args.rounds} {spec.label:<38} "
-                                f"{model.name:<8} {request:<12} c={c:<3} {result.rps:9.1f} req/s"
-                                f"  p50 {result.p50_ms:7.3f} ms  p99 {result.p99_ms:7.3f} ms  "
-                                f"errors {result.errors}",
-                                file=sys.stderr,
-                                flush=True,
-                            )
+            for model, spec, server, request, path, body, c, nrows in schedule(
+                specs, servers, plans, models
+            ):
+                result = run_load(
+                    server.base + path,
+                    body,
+                    concurrency=c,
+                    seconds=args.duration,
+                    generator=args.load_generator,
+                )
+                rows.append(Row(model.name, spec.label, request, result, nrows, round_))
+                print(
+                    f"  round {round_ + 1}/{args.rounds} {spec.label:<38} {model.name:<8} "
+                    f"{request:<12} c={c:<3} {result.rps:9.1f} req/s  p50 {result.p50_ms:7.3f} "
+                    f"ms  p99 {result.p99_ms:7.3f} ms  errors {result.errors}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         for spec, server in zip(specs, servers, strict=True):
             if spec.kind != "layerscope":
                 continue
@@ -389,6 +385,18 @@ def run_group(specs: list[Spec], models: list[Model], repo: Path, args, work: Pa
         for server in servers:
             server.stop()
     return rows, extras
+
+
+def schedule(specs: list[Spec], servers: list[Server], plans: dict, models: list[Model]):
+    """One round of cells in run order: for each model and (request, c), every server of
+    the group that has that cell, in turn. Yields (model, spec, server, request, path,
+    body, c, rows per request)."""
+    for model in models:
+        for request, c in cell_order(specs, plans, model):
+            for spec, server in zip(specs, servers, strict=True):
+                for label, path, body, levels, nrows in plans[spec.label][model.name]:
+                    if label == request and c in levels:
+                        yield model, spec, server, request, path, body, c, nrows
 
 
 def cell_order(specs: list[Spec], plans: dict, model: Model) -> list[tuple[str, int]]:

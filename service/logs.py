@@ -288,7 +288,9 @@ def _before() -> None:
 
 
 _access = logging.getLogger(ACCESS_LOGGER)
-_metrics = None  # service.metrics, imported on first use (the same bounded model labels)
+# service.metrics (the same bounded model labels), imported on first use: the Gunicorn
+# master imports this module through gunicorn_conf.py and must not define the metrics.
+_metrics = None
 
 
 def _after(response: Response) -> Response:

@@ -21,6 +21,7 @@ from bench.run import (
     parse_args,
     per_round,
     rps,
+    schedule,
 )
 
 
@@ -82,6 +83,33 @@ def test_activations_run_right_after_the_single_row_c1_cell():
         ("single", 4),
         ("single", 16),
         ("batch 256", 4),
+    ]
+
+
+def test_schedule_runs_each_cell_on_every_server_that_has_it_in_turn():
+    ours = Spec("layerscope", "layerscope", ("auto", "auto"))
+    ceiling = Spec("ceiling", "ceiling")
+    single, batch = ("single", "/p", b"1", [1, 16], 1), ("batch 256", "/p", b"2", [4], 256)
+    plans = {
+        ours.label: {"fraud": [single, batch]},
+        ceiling.label: {"fraud": [("single", "/c", b"3", [1, 16], 1)]},
+    }
+
+    class M:
+        name = "fraud"
+
+    got = [
+        (spec.label, server, request, path, c, rows)
+        for _, spec, server, request, path, _, c, rows in schedule(
+            [ours, ceiling], ["server A", "server B"], plans, [M]
+        )
+    ]
+    assert got == [
+        ("layerscope", "server A", "single", "/p", 1, 1),
+        ("ceiling", "server B", "single", "/c", 1, 1),
+        ("layerscope", "server A", "single", "/p", 16, 1),
+        ("ceiling", "server B", "single", "/c", 16, 1),
+        ("layerscope", "server A", "batch 256", "/p", 4, 256),
     ]
 
 
