@@ -223,9 +223,8 @@ def metrics_endpoint() -> Response:
     return Response(body, status=200, content_type=content_type)
 
 
-def _request_model(args: dict | None = None) -> str | None:
-    if args is None:
-        args = request.view_args or {}
+def _request_model(args: dict) -> str | None:
+    """The model a request's URL names (``view_args``), when no runtime resolved it."""
     for key in ("name", "model", "model_name"):
         if key in args:
             return args[key]
