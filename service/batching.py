@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 
 import numpy as np
+from flask import current_app
 
 from service.errors import Overloaded
 
@@ -301,8 +302,6 @@ def init_app(app) -> None:
 
 def predict(runtime, x: np.ndarray) -> np.ndarray:
     """``runtime.raw_predict(x)``, through the model's batcher when batching is on."""
-    from flask import current_app
-
     batcher = batchers_for(current_app).get(runtime)
     if batcher is None:
         return runtime.raw_predict(x)
