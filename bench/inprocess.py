@@ -29,7 +29,11 @@ def measure(version_dir: Path, runtime: str, batch: int, seconds: float, callers
     if runtime == "keras":
         rt = KerasRuntime(version_dir)
     else:
-        rt = LiteRTRuntime(version_dir, threads=settings.intra_op_threads)
+        rt = LiteRTRuntime(
+            version_dir,
+            threads=settings.intra_op_threads,
+            activation_parity=settings.activation_parity,
+        )
     rt.load()
     with np.load(version_dir / "reference.npz") as ref:
         x = np.asarray(ref["x"], dtype=np.float32)

@@ -92,6 +92,7 @@ class Model:
     batched_binary: Payload  # the same rows as an OIP infer with binary tensor data
     batch_rows: int
     activations: bytes  # one instance, every hidden layer, values + stats
+    activations_binary: Payload  # one instance, every hidden layer's values as OIP binary
 
 
 def load_models(repo: Path) -> list[Model]:
@@ -119,9 +120,34 @@ def load_models(repo: Path) -> list[Model]:
                 batched_binary=binary_infer(np.asarray(batch), kind),
                 batch_rows=rows,
                 activations=json.dumps({"instances": one, "include": ["values", "stats"]}).encode(),
+                activations_binary=binary_layer_outputs(x[:1], meta),
             )
         )
     return models
+
+
+def binary_layer_outputs(row, meta: dict) -> Payload:
+    """An OIP infer of one JSON instance asking for every hidden layer and the prediction
+    as binary tensor data (the layer_outputs extension): the activations a client that
+    decodes arrays, not JSON lists, asks for."""
+    import numpy as np
+
+    hidden = [layer["name"] for layer in meta.get("layers") or [] if layer.get("hidden")]
+    array = np.asarray(row, dtype=np.float32).reshape(1, *meta["input"]["shape"])
+    request = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(array.shape),
+                "datatype": "FP32",
+                "data": array.ravel().tolist(),
+            }
+        ],
+        "outputs": [
+            {"name": name, "parameters": {"binary_data": True}} for name in [*hidden, "output"]
+        ],
+    }
+    return Payload(json.dumps(request).encode())
 
 
 def binary_infer(rows, kind: str) -> Payload:
@@ -324,6 +350,15 @@ def requests_for(
             )
         )
         out.append(("activations", f"/models/{model.name}/activations", model.activations, [1], 1))
+        out.append(
+            (
+                "activations binary",
+                f"/v2/models/{model.name}/infer",
+                model.activations_binary,
+                [1],
+                1,
+            )
+        )
     return out
 
 
@@ -401,16 +436,21 @@ def schedule(specs: list[Spec], servers: list[Server], plans: dict, models: list
 
 def cell_order(specs: list[Spec], plans: dict, model: Model) -> list[tuple[str, int]]:
     """(request, c) in a stable order, each run on every server in turn. Activations come
-    right after the single-row c1 cell they are compared with, so the two are measured
+    right after the single-row c1 cell they are compared with, so they are measured
     seconds apart, not minutes."""
     cells: list[tuple[str, int]] = []
     for spec in specs:
         for request, _, _, levels, _ in plans[spec.label][model.name]:
             cells += [(request, c) for c in levels if (request, c) not in cells]
-    if ("activations", 1) in cells and ("single", 1) in cells:
-        cells.remove(("activations", 1))
-        cells.insert(cells.index(("single", 1)) + 1, ("activations", 1))
+    if ("single", 1) in cells:
+        for cell in reversed(ACTIVATION_CELLS):
+            if cell in cells:
+                cells.remove(cell)
+                cells.insert(cells.index(("single", 1)) + 1, cell)
     return cells
+
+
+ACTIVATION_CELLS = [("activations", 1), ("activations binary", 1)]
 
 
 def batching_decisions(log: Path) -> dict[str, str]:
@@ -565,6 +605,7 @@ def report(
         f"{args.load_generator} for {args.duration:g} s per cell, {args.rounds} round(s) of "
         "every comparison, interleaved",
         f"- command: `{machine['command']}`",
+        f"- Layerscope settings from the environment: {environment_settings()}",
         "",
         f"## HTTP ({args.load_generator})",
         "",
@@ -665,16 +706,20 @@ def report(
                     )
                 )
     for model in models:
-        act = find(rows, model.name, default, "activations", 1)
         pred = find(rows, model.name, default, "single", 1)
-        if act and pred:
-            lines.append(
-                check(
-                    f"{model.name} all-hidden-layer activations / predict (p50, c1)",
-                    per_round(act, pred, p50),
-                    "<= 1.5",
+        for request, how in (
+            ("activations", "JSON values + stats"),
+            ("activations binary", "OIP binary values"),
+        ):
+            act = find(rows, model.name, default, request, 1)
+            if act and pred:
+                lines.append(
+                    check(
+                        f"{model.name} all-hidden-layer activations ({how}) / predict (p50, c1)",
+                        per_round(act, pred, p50),
+                        "<= 1.5",
+                    )
                 )
-            )
     lines += [
         "",
         "## Worker memory (VmRSS from /proc, MiB per worker)",
@@ -701,14 +746,31 @@ def report(
     ]
     for extra in extras:
         for name, described in (extra.get("runtimes") or {}).items():
-            runtime = (
-                (described or {}).get("predict", "tensorflow")
-                if isinstance(described, dict)
-                else "tensorflow"
-            )
+            described = described if isinstance(described, dict) else {}
+            runtime = described.get("predict", "tensorflow")
+            activations = described.get("activations", "tensorflow")
             decision = (extra.get("batching") or {}).get(name, "n/a")
-            lines.append(f"- {extra['label']}, {name}: runtime {runtime}, batching {decision}")
+            lines.append(
+                f"- {extra['label']}, {name}: runtime {runtime} (activations {activations}), "
+                f"batching {decision}"
+            )
     return "\n".join(lines) + "\n"
+
+
+# set by the bench for every Layerscope server (per mode or from the arguments)
+BENCH_SET = {"HOST", "PORT", "WORKERS", "THREADS", "LOG_LEVEL", "MODEL_REPOSITORY",
+             "POLL_INTERVAL", "BATCHING", "RUNTIME", "DATA_DIR"}  # fmt: skip
+
+
+def environment_settings() -> str:
+    """LAYERSCOPE_* variables the servers inherit from the bench's environment (e.g.
+    LAYERSCOPE_ACTIVATION_PARITY=layer-scaled), so a report says what it ran with."""
+    own = sorted(
+        f"`{k}={v}`"
+        for k, v in os.environ.items()
+        if k.startswith("LAYERSCOPE_") and k.removeprefix("LAYERSCOPE_") not in BENCH_SET
+    )
+    return ", ".join(own) or "none (the service defaults)"
 
 
 def load_average() -> str:

@@ -27,6 +27,7 @@ class ServingOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runtime: Literal["auto", "keras", "litert"] | None = None
+    activation_parity: Literal["layer-scaled", "absolute"] | None = None
     batching: Literal["auto"] | bool | None = None
     batch_max_size: int | None = Field(None, ge=1)
     batch_max_delay_ms: float | None = Field(None, ge=0, le=1000)
@@ -68,6 +69,12 @@ class Settings(BaseSettings):
     # Performance (service/serving.py, service/batching.py); per-model overrides in
     # LAYERSCOPE_SERVING, e.g. '{"fraud": {"runtime": "keras", "batching": false}}'.
     runtime: Literal["auto", "keras", "litert"] = "auto"  # auto: LiteRT where it converts
+    # the gate LiteRT hidden-layer activations pass before they serve: every layer within
+    # 1e-5 of TensorFlow ("absolute": issue 4's bound, which a CNN's wide Dense layer
+    # misses by float32 summation order), or within 1e-5 x max(1, its largest |value|)
+    # ("layer-scaled": opt-in; the CNNs' forward pass ~10x faster). Predictions always keep
+    # the absolute 1e-5 gate.
+    activation_parity: Literal["layer-scaled", "absolute"] = "absolute"
     # dynamic batching of plain predictions; auto: on where a batched call is measured
     # (at load) to be much cheaper per row than single-row calls
     batching: Literal["auto"] | bool = "auto"

@@ -3,6 +3,7 @@ wrk script and summary it reads (the end-to-end run is tests/perf/test_bench_smo
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -70,6 +71,7 @@ def test_activations_run_right_after_the_single_row_c1_cell():
     plan = [
         ("single", "/p", b"", [1, 4, 16], 1),
         ("batch 256", "/p", b"", [4], 256),
+        ("activations binary", "/v", b"", [1], 1),
         ("activations", "/a", b"", [1], 1),
     ]
 
@@ -80,6 +82,7 @@ def test_activations_run_right_after_the_single_row_c1_cell():
     assert order == [
         ("single", 1),
         ("activations", 1),
+        ("activations binary", 1),
         ("single", 4),
         ("single", 16),
         ("batch 256", 4),
@@ -175,3 +178,50 @@ def test_wrk_is_what_the_bench_runs_by_default_and_the_smoke_is_one_round():
     assert parse_args(["--models", "fraud"]).rounds == 3
     smoke = parse_args(["--models", "fraud", "--smoke"])
     assert (smoke.rounds, smoke.duration) == (1, 1.0)  # wrk runs whole seconds
+
+
+def test_the_binary_activations_request_returns_every_hidden_layer(perf_repo):
+    """The bench's OIP layer-outputs body, sent to a real app: every hidden layer and the
+    prediction come back as binary tensors equal to the native activations' JSON values."""
+    import json
+
+    import numpy as np
+
+    from bench.run import binary_layer_outputs
+    from service import create_app
+    from service.binary_tensors import decode_response
+
+    version = perf_repo / "digits" / "1"
+    meta = json.loads((version / "metadata.json").read_text())
+    with np.load(version / "reference.npz") as ref:
+        x = np.asarray(ref["x"][:1], dtype=np.float32)
+    app = create_app(
+        {"model_repository": perf_repo, "poll_interval": 0, "load_in_background": False}
+    )
+    client = app.test_client()
+    payload = binary_layer_outputs(x, meta)
+    response = client.post(
+        "/v2/models/digits/infer", data=payload.data, content_type=payload.content_type
+    )
+    assert response.status_code == 200, response.data[:300]
+    body, arrays = decode_response(response.data, response.headers)
+    hidden = [layer["name"] for layer in meta["layers"] if layer["hidden"]]
+    assert [o["name"] for o in body["outputs"]] == [*hidden, "output"]
+    native = client.post(
+        "/models/digits/activations", json={"instances": x.tolist(), "include": ["values"]}
+    ).json
+    for name in hidden:
+        want = np.asarray(native["instances"][0]["layers"][name]["values"], dtype=np.float32)
+        np.testing.assert_array_equal(np.asarray(arrays[name]).reshape(want.shape), want)
+
+
+def test_the_report_names_the_settings_the_servers_inherit(monkeypatch):
+    from bench.run import environment_settings
+
+    for key in [k for k in os.environ if k.startswith("LAYERSCOPE_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("LAYERSCOPE_DATA_DIR", "/data")  # the bench's own input, not a setting
+    assert environment_settings() == "none (the service defaults)"
+    monkeypatch.setenv("LAYERSCOPE_ACTIVATION_PARITY", "layer-scaled")
+    monkeypatch.setenv("LAYERSCOPE_RUNTIME", "keras")  # set per mode by the bench
+    assert environment_settings() == "`LAYERSCOPE_ACTIVATION_PARITY=layer-scaled`"

@@ -63,5 +63,6 @@ def test_bench_smoke(tmp_path):
     assert "fraud single-row c16: Layerscope / HTTP ceiling" in report
     assert "fraud single-row c16: Layerscope / naive" in report
     assert "fashion c32 (auto): batching on / off req/s" in report
-    assert "all-hidden-layer activations / predict" in report
+    assert "all-hidden-layer activations (JSON values + stats) / predict" in report
+    assert "all-hidden-layer activations (OIP binary values) / predict" in report
     assert "Traceback" not in proc.stderr

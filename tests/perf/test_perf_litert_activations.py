@@ -1,6 +1,7 @@
 """Activations through the LiteRT multi-output conversion: per-layer parity with Keras'
 own sub-models, the honest backend report, per-thread interpreters under concurrency, and
-the fall-back to TensorFlow when the parity gate fails."""
+the fall-back to TensorFlow when the parity gate fails; and the opt-in layer-scaled gate
+(``serving.activation_scale``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from service import serving
 from service.errors import LayerNotFound
 from service.runtime import KerasRuntime
-from service.serving import PARITY_TOLERANCE, LiteRTRuntime
+from service.serving import ACTIVATION_TOLERANCE, PARITY_TOLERANCE, LiteRTRuntime, activation_scale
 
 pytest.importorskip("ai_edge_litert")
 
@@ -26,6 +27,12 @@ def lite(perf_repo, model_names) -> dict[str, LiteRTRuntime]:
         out[name] = LiteRTRuntime(perf_repo / name / "1")
         out[name].load()
     return out
+
+
+def close(got: np.ndarray, want: np.ndarray, parity: str = "absolute") -> bool:
+    """Within the activations gate ``parity`` of ``want``."""
+    bound = ACTIVATION_TOLERANCE * activation_scale(want, parity)
+    return float(np.abs(got - want).max()) <= bound
 
 
 def keras_layer_outputs(runtime, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -48,7 +55,7 @@ def test_every_layer_matches_keras(lite, splits):
         for layer in rt.layer_names:
             assert got[layer].dtype == np.float32 and got[layer].shape == expected[layer].shape
             diff = float(np.abs(got[layer] - expected[layer]).max())
-            assert diff <= PARITY_TOLERANCE, (name, layer, diff, rt.activations_backend)
+            assert close(got[layer], expected[layer]), (name, layer, diff, rt.activations_backend)
 
 
 def test_backend_is_reported_honestly(lite, splits, monkeypatch):
@@ -61,7 +68,8 @@ def test_backend_is_reported_honestly(lite, splits, monkeypatch):
         if info["activations"] == "litert":
             assert info["litert_activations_error"] is None
             assert info["litert_activations_delegate"] in serving.DELEGATES
-            assert 0 <= info["litert_activations_parity_max_abs_diff"] <= PARITY_TOLERANCE
+            assert 0 <= info["litert_activations_parity_max_abs_diff"] <= ACTIVATION_TOLERANCE
+            assert info["litert_activations_tolerance"] == "1e-05"  # the default: absolute
             monkeypatch.setattr(rt, "_all_call", _no_tensorflow)
             rt.activations(x, layers)
             monkeypatch.undo()
@@ -117,7 +125,7 @@ def test_layers_of_one_tensor_are_copied_out_once(lite, splits, monkeypatch):
         chunked = rt.activations(x, rt.layer_names)
         for layer in rt.layer_names:  # batches of 1 vs 3: same tolerance as against Keras
             assert chunked[layer].shape == got[layer].shape
-            assert float(np.abs(chunked[layer] - got[layer]).max()) <= PARITY_TOLERANCE
+            assert close(chunked[layer], got[layer]), (name, layer)
         monkeypatch.undo()
     assert checked, "no fixture model serves a Dropout layer through LiteRT"
 
@@ -138,8 +146,7 @@ def test_concurrent_callers_get_their_own_rows(lite, splits):
             for layer in layers:
                 want = np.concatenate([reference[i][layer] for i in range(start, start + rows)])
                 assert got[layer].shape == want.shape
-                diff = float(np.abs(got[layer] - want).max())
-                assert diff <= PARITY_TOLERANCE, (name, layer, start, rows, diff)
+                assert close(got[layer], want), (name, layer, start, rows)
 
 
 def _calls(rt, x, layers, first: int) -> list[tuple[int, int, dict]]:
@@ -164,18 +171,18 @@ def test_big_batches_are_chunked(perf_repo, model_names, splits, monkeypatch):
         got = rt.activations(x, rt.layer_names)
         expected = keras_layer_outputs(rt, x)
         for layer in rt.layer_names:
-            assert float(np.abs(got[layer] - expected[layer]).max()) <= PARITY_TOLERANCE
+            assert close(got[layer], expected[layer]), (name, layer)
 
 
 def test_failed_parity_falls_back_to_tensorflow(perf_repo, model_names, splits, monkeypatch):
-    monkeypatch.setattr(serving, "PARITY_TOLERANCE", 0.0)
+    monkeypatch.setattr(serving, "ACTIVATION_TOLERANCE", 0.0)
     for name in model_names:
         rt = LiteRTRuntime(perf_repo / name / "1")
         rt.load()
         info = rt.describe()["runtime"]
         assert info["litert_activations_parity_max_abs_diff"] > 0  # else 0 would pass
         assert info["activations"] == "tensorflow"
-        assert "tolerance 0" in info["litert_activations_error"], info
+        assert "(tolerance 0): " in info["litert_activations_error"], info
         x = splits[name][0][:6]
         got = rt.activations(x, rt.layer_names)
         expected = keras_layer_outputs(rt, x)
@@ -189,3 +196,79 @@ def _litert(lite: dict[str, LiteRTRuntime]) -> dict[str, LiteRTRuntime]:
 
 def _no_tensorflow(*args, **kwargs):
     raise AssertionError(f"TensorFlow activations called with {len(args)} arguments")
+
+
+def test_activation_scale():
+    """layer-scaled: max(1, largest |value|), so layers within [-1, 1] keep the absolute
+    gate; absolute (the default): 1."""
+    scaled = partial(activation_scale, parity="layer-scaled")
+    assert scaled(np.array([[0.25, -0.5]], np.float32)) == 1.0
+    assert scaled(np.array([[3.0, -40.0, 2.0]], np.float32)) == 40.0
+    assert scaled(np.zeros((0, 4), np.float32)) == 1.0
+    assert activation_scale(np.array([[3.0, -40.0]], np.float32)) == 1.0
+
+
+def test_layer_scaled_runtimes_match_keras_within_their_gate(perf_repo, model_names, splits):
+    """The opt-in gate: LiteRT serves, reports the scaled figure and the rule, and every
+    layer is within 1e-5 x max(1, the layer's largest |value|) of Keras' sub-models."""
+    for name in model_names:
+        rt = LiteRTRuntime(perf_repo / name / "1", activation_parity="layer-scaled")
+        rt.load()
+        info = rt.describe()["runtime"]
+        assert info["activations"] == "litert", info
+        assert info["litert_activations_tolerance"] == "1e-05 x max(1, max |layer value|)"
+        scaled = info["litert_activations_parity_scaled_diff"]
+        assert 0 <= scaled <= ACTIVATION_TOLERANCE
+        assert scaled <= info["litert_activations_parity_max_abs_diff"]  # scales are >= 1
+        x = splits[name][0][:16]
+        got, expected = rt.activations(x, rt.layer_names), keras_layer_outputs(rt, x)
+        for layer in rt.layer_names:
+            assert close(got[layer], expected[layer], "layer-scaled"), (name, layer)
+
+
+def test_the_gate_holds_the_scaled_difference(perf_repo, model_names, monkeypatch):
+    """With the tolerance set between a model's scaled and absolute worst differences, the
+    layer-scaled gate serves LiteRT and the absolute gate falls back to TensorFlow, saying
+    by how much the layer differs: the scale decides, not only the reported figure."""
+    decided = 0
+    for name in model_names:
+        rt = LiteRTRuntime(perf_repo / name / "1", activation_parity="layer-scaled")
+        rt.load()
+        scaled = rt.activations_parity_scaled
+        absolute = rt.activations_parity
+        if rt.activations_backend != "litert" or not scaled < absolute:
+            continue
+        monkeypatch.setattr(serving, "ACTIVATION_TOLERANCE", (scaled + absolute) / 2)
+        again = LiteRTRuntime(perf_repo / name / "1", activation_parity="layer-scaled")
+        again.load()
+        strict = LiteRTRuntime(perf_repo / name / "1", activation_parity="absolute")
+        strict.load()
+        monkeypatch.undo()
+        assert again.activations_backend == "litert", again.activations_error
+        assert strict.activations_backend == "tensorflow"
+        info = strict.describe()["runtime"]
+        assert info["litert_activations_tolerance"] == "1e-05"
+        assert f"(tolerance {(scaled + absolute) / 2:g}): " in info["litert_activations_error"]
+        assert "differs by" in info["litert_activations_error"], info
+        # absolute mode: the scaled figure is the absolute one (scale 1)
+        assert info["litert_activations_parity_scaled_diff"] == pytest.approx(
+            info["litert_activations_parity_max_abs_diff"]
+        )
+        decided += 1
+    assert decided, "no fixture model has a worst layer whose scale exceeds 1"
+
+
+def test_activation_parity_setting_reaches_the_runtime(perf_repo):
+    from service.runtime import read_metadata
+    from service.serving import runtime_factory
+    from service.settings import load_settings
+
+    meta = read_metadata(perf_repo / "digits" / "1")
+    settings = load_settings({"serving": {"digits": {"activation_parity": "layer-scaled"}}})
+    assert runtime_factory(settings)(perf_repo / "digits" / "1", meta).activation_parity == (
+        "layer-scaled"
+    )
+    default = runtime_factory(load_settings())(perf_repo / "digits" / "1", meta)
+    assert default.activation_parity == "absolute"
+    with pytest.raises(ValueError, match="Received: activation_parity='relative'"):
+        LiteRTRuntime(perf_repo / "digits" / "1", activation_parity="relative")
