@@ -790,6 +790,14 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def service_default(field: str):
+    """A Layerscope setting's default (not the environment's value): the servers are
+    compared as the service ships."""
+    from service.settings import Settings
+
+    return Settings.model_fields[field].default
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument(
@@ -831,7 +839,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "auto/litert/keras); the first is the default mode",
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=16)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=service_default("threads"),
+        help="gthread threads per worker for every server (default: the service's default)",
+    )
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--skip", default="", help="comma-separated: naive,ceiling,inprocess")
     parser.add_argument("--start-timeout", type=float, default=180.0)

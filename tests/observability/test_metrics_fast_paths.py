@@ -5,6 +5,8 @@ looked up again only for a different runtime object."""
 from __future__ import annotations
 
 import gc
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from service import metrics
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def reference_summary(values):
@@ -82,3 +86,55 @@ def test_an_entry_never_answers_for_another_object_with_the_same_id():
     found = metrics._runtime_metrics(new)
     assert found.model == "cache-new" and found.threshold == 0.1
     assert all(ref() is not None for ref, _ in metrics._by_runtime.values())
+
+
+FORK_SCRIPT = r"""
+import json, os, sys
+from prometheus_client import CollectorRegistry, multiprocess, values
+from service import metrics
+
+assert values.ValueClass._multiprocess
+metrics.IN_FLIGHT.inc()  # created before the fork, in the parent's files
+child = os.fork()
+if child == 0:  # a Gunicorn worker, in short
+    assert metrics.current_pid() == os.getpid() != int(sys.argv[1])
+    metrics.REQUESTS.labels("m", "1", "/p", "POST", "200").inc(3)
+    metrics.IN_FLIGHT.inc(2)
+    os._exit(0)
+os.waitpid(child, 0)
+metrics.REQUESTS.labels("m", "1", "/p", "POST", "200").inc()
+registry = CollectorRegistry()
+multiprocess.MultiProcessCollector(registry)
+got = {
+    s.name: s.value
+    for m in registry.collect() for s in m.samples
+    if s.name in ("layerscope_requests_total", "layerscope_requests_in_flight")
+}
+files = sorted(os.listdir(os.environ["PROMETHEUS_MULTIPROC_DIR"]))
+print(json.dumps({"child": child, "files": files, "got": got}))
+"""
+
+
+def test_the_cached_pid_follows_a_fork_like_os_getpid(tmp_path):
+    """After a fork the child's writes go to files named by its own pid, and the
+    aggregate counts parent and child: what os.getpid() per write gave."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, str(os.getpid())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert f"counter_{out['child']}.db" in out["files"]
+    assert f"gauge_livesum_{out['child']}.db" in out["files"]
+    assert len([f for f in out["files"] if f.startswith("counter_")]) == 2  # parent + child
+    assert out["got"]["layerscope_requests_total"] == 4.0
+    assert out["got"]["layerscope_requests_in_flight"] == 3.0

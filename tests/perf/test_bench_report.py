@@ -225,3 +225,10 @@ def test_the_report_names_the_settings_the_servers_inherit(monkeypatch):
     monkeypatch.setenv("LAYERSCOPE_ACTIVATION_PARITY", "layer-scaled")
     monkeypatch.setenv("LAYERSCOPE_RUNTIME", "keras")  # set per mode by the bench
     assert environment_settings() == "`LAYERSCOPE_ACTIVATION_PARITY=layer-scaled`"
+
+
+def test_servers_run_with_the_service_default_threads_unless_told():
+    from service.settings import Settings
+
+    assert parse_args([]).threads == Settings.model_fields["threads"].default == 4
+    assert parse_args(["--threads", "16"]).threads == 16
