@@ -11,10 +11,9 @@ must match the TensorFlow function on the version's reference sample (max abs di
 multi-output model over every layer, gated layer by layer (with and without the XNNPACK
 delegate; the fastest passing one serves): each layer within ``ACTIVATION_TOLERANCE``, or
 with ``activation_parity="layer-scaled"`` within that x max(1, the layer's largest |value|)
-(``activation_scale``).
-Attributions (gradients) and everything else stay on the TensorFlow path. Whatever does
-not convert or does not match serves through TensorFlow, with the reason logged and
-reported in ``describe()``."""
+(``activation_scale``). Attributions (gradients) and everything else stay on the
+TensorFlow path. Whatever does not convert or does not match serves through TensorFlow,
+with the reason logged and reported in ``describe()``."""
 
 from __future__ import annotations
 
@@ -395,7 +394,7 @@ class LiteRTRuntime(KerasRuntime):
                     delegate=delegate,
                     max_rows=ACTIVATION_CHUNK_BYTES // max(1, row_bytes),
                 )
-                scaled, diff, layer = self._activation_parity(engine, x)
+                scaled, diff, layer, layer_diff = self._activation_parity(engine, x)
             except Exception as exc:  # this delegate does not run the model: try the next
                 failures.append(f"{delegate}: {type(exc).__name__}: {exc}")
                 continue
@@ -404,8 +403,8 @@ class LiteRTRuntime(KerasRuntime):
                 passed.append((_seconds_per_call(engine, x, names), engine, (scaled, diff)))
             else:
                 failures.append(
-                    f"{delegate}: layer {layer!r} differs by {diff:g}"
-                    + (f" ({scaled:g} of its scale)" if scaled != diff else "")
+                    f"{delegate}: layer {layer!r} differs by {layer_diff:g}"
+                    + (f" ({scaled:g} of its scale)" if scaled != layer_diff else "")
                 )
         finite = [d for d in diffs if np.isfinite(d[0])]
         self.activations_parity_scaled, self.activations_parity = (
@@ -429,13 +428,14 @@ class LiteRTRuntime(KerasRuntime):
 
     def _activation_parity(
         self, engine: InterpreterPool, x: np.ndarray
-    ) -> tuple[float, float, str]:
+    ) -> tuple[float, float, str, float]:
         """(worst max abs difference / activation_scale, worst max abs difference, the
-        layer of the first) of the engine against ``_all_call`` over every layer, for the
-        whole sample and its first rows one by one (same batch on both sides: TensorFlow
-        itself differs across batch sizes). NaNs if any value is not finite."""
+        layer of the first and its max abs difference) of the engine against
+        ``_all_call`` over every layer, for the whole sample and its first rows one by one
+        (same batch on both sides: TensorFlow itself differs across batch sizes). NaNs if
+        any value is not finite."""
         names = self._all_names
-        worst, worst_abs, where = 0.0, 0.0, names[0]
+        worst, worst_abs, where, where_diff = 0.0, 0.0, names[0], 0.0
         for batch in [x, *(x[i : i + 1] for i in range(min(4, len(x))))]:
             expected = self._all_call(batch)
             got = engine.run(batch, names)
@@ -448,12 +448,12 @@ class LiteRTRuntime(KerasRuntime):
                     )
                 diff = float(np.abs(got[name] - want).max())
                 if not np.isfinite(diff):
-                    return float("nan"), float("nan"), name
+                    return float("nan"), float("nan"), name, diff
                 scaled = diff / activation_scale(want, self.activation_parity)
                 worst_abs = max(worst_abs, diff)
                 if scaled > worst:
-                    worst, where = scaled, name
-        return worst, worst_abs, where
+                    worst, where, where_diff = scaled, name, diff
+        return worst, worst_abs, where, where_diff
 
     def _parity_sample(self) -> np.ndarray:
         """The version's reference inputs (what it was trained on), else a fixed noise."""
