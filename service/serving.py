@@ -56,7 +56,7 @@ class ServingOptions:
     batch_max_size: int
     batch_max_delay_ms: float
     batch_queue_size: int
-    activation_parity: str = "absolute"
+    activation_parity: str
 
 
 def options_for(settings, name: str) -> ServingOptions:
@@ -67,7 +67,7 @@ def options_for(settings, name: str) -> ServingOptions:
         "batch_max_size": settings.batch_max_size,
         "batch_max_delay_ms": settings.batch_max_delay_ms,
         "batch_queue_size": settings.batch_queue_size,
-        "activation_parity": getattr(settings, "activation_parity", "absolute"),
+        "activation_parity": settings.activation_parity,
     }
     override = (settings.serving or {}).get(name)
     if override is not None:

@@ -232,3 +232,27 @@ def test_servers_run_with_the_service_default_threads_unless_told():
 
     assert parse_args([]).threads == Settings.model_fields["threads"].default == 4
     assert parse_args(["--threads", "16"]).threads == 16
+
+
+def test_a_skipped_comparison_gets_no_verdict():
+    """--skip naive: the naive ratio is left out, not reported "not met"; a server that
+    ran but measured nothing still is."""
+    from pathlib import Path
+
+    from bench.run import Model, report
+
+    fraud = Model("fraud", "tabular", Path("."), b"", b"", Payload(b""), 256, b"", Payload(b""))
+    machine = dict.fromkeys(("cpu", "nproc", "python", "load_before", "load_after", "command"), "x")
+    ours = "layerscope batching=auto runtime=auto"
+    rows = [Row("fraud", ours, "single", result(900, c=16)),
+            Row("fraud", "HTTP ceiling (constant)", "single", result(1000, c=16))]  # fmt: skip
+    args = parse_args(["--models", "fraud", "--modes", "auto:auto", "--skip", "naive"])
+    text = report(rows, {}, [], [fraud], args, machine)
+    assert (
+        "| fraud single-row c16: Layerscope / HTTP ceiling | 0.90 | 0.90 | >= 0.7 | met |" in text
+    )
+    assert "Layerscope / naive" not in text
+    args = parse_args(["--models", "fraud", "--modes", "auto:auto"])
+    assert "| fraud single-row c16: Layerscope / naive | n/a | n/a | >= 30 | **not met** |" in (
+        report(rows, {}, [], [fraud], args, machine)
+    )
