@@ -453,6 +453,11 @@ def cell_order(specs: list[Spec], plans: dict, model: Model) -> list[tuple[str, 
 ACTIVATION_CELLS = [("activations", 1), ("activations binary", 1)]
 
 
+def compare(label: str, ours: dict, other: dict, metric, target: str) -> list[str]:
+    """The targets-table line of a ratio whose two sides were both measured, else none."""
+    return [check(label, per_round(ours, other, metric), target)] if ours and other else []
+
+
 def batching_decisions(log: Path) -> dict[str, str]:
     """What each model's batcher decided, from the workers' JSON log lines."""
     out: dict[str, str] = {}
@@ -663,26 +668,21 @@ def report(
             )
     if img is not None:
         for runtime in sorted({m[1] for m in args.modes}):
-            on = find(rows, img.name, f"layerscope batching=on runtime={runtime}", "single", 32)
-            off = find(rows, img.name, f"layerscope batching=off runtime={runtime}", "single", 32)
-            if on and off:
-                lines.append(
-                    check(
-                        f"{img.name} c32 ({runtime}): batching on / off req/s",
-                        per_round(on, off, rps),
-                        ">= 2",
-                    )
-                )
-            on1 = find(rows, img.name, f"layerscope batching=on runtime={runtime}", "single", 1)
-            off1 = find(rows, img.name, f"layerscope batching=off runtime={runtime}", "single", 1)
-            if on1 and off1:
-                lines.append(
-                    check(
-                        f"{img.name} c1 ({runtime}): p99 batching on / off",
-                        per_round(on1, off1, lambda row: row.result.p99_ms),
-                        "<= 1.5",
-                    )
-                )
+            on, off = (f"layerscope batching={b} runtime={runtime}" for b in ("on", "off"))
+            lines += compare(
+                f"{img.name} c32 ({runtime}): batching on / off req/s",
+                find(rows, img.name, on, "single", 32),
+                find(rows, img.name, off, "single", 32),
+                rps,
+                ">= 2",
+            )
+            lines += compare(
+                f"{img.name} c1 ({runtime}): p99 batching on / off",
+                find(rows, img.name, on, "single", 1),
+                find(rows, img.name, off, "single", 1),
+                lambda row: row.result.p99_ms,
+                "<= 1.5",
+            )
     for model in models:
         runtime = args.modes[0][1]
         f = inproc.get((model.name, runtime))
@@ -709,15 +709,13 @@ def report(
             ("activations", "JSON values + stats"),
             ("activations binary", "OIP binary values"),
         ):
-            act = find(rows, model.name, default, request, 1)
-            if act and pred:
-                lines.append(
-                    check(
-                        f"{model.name} all-hidden-layer activations ({how}) / predict (p50, c1)",
-                        per_round(act, pred, p50),
-                        "<= 1.5",
-                    )
-                )
+            lines += compare(
+                f"{model.name} all-hidden-layer activations ({how}) / predict (p50, c1)",
+                find(rows, model.name, default, request, 1),
+                pred,
+                p50,
+                "<= 1.5",
+            )
     lines += [
         "",
         "## Worker memory (VmRSS from /proc, MiB per worker)",
