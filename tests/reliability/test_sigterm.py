@@ -14,14 +14,23 @@ import requests
 
 from .helpers import Server, publish_slow_image, svc_factory, wait_for
 
-BATCH = svc_factory.image_samples(48, seed=31).tolist()
+# 96 images: ~2 s a request when 8 share the 2 cores. With 48 (~1 s) the last request
+# ended only ~0.45 s after the master's SIGTERM on a quiet machine, and a CI run with
+# other load on the machine once saw every request end before signal + 0.2 s.
+BATCH = svc_factory.image_samples(96, seed=31).tolist()
 
 
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sigterm")
     publish_slow_image(tmp / "models")
-    server = Server(tmp / "models", tmp, workers=2, LAYERSCOPE_GRACEFUL_TIMEOUT="60")
+    server = Server(
+        tmp / "models",
+        tmp,
+        workers=2,
+        LAYERSCOPE_GRACEFUL_TIMEOUT="60",
+        LAYERSCOPE_MAX_BATCH_SIZE=str(len(BATCH)),
+    )
     try:
         server.wait_ready()
         yield server
