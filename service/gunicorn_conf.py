@@ -2,9 +2,10 @@
 
 Runs in the master, which never imports TensorFlow: no ``preload_app``, so every worker
 imports the app (and TF, and the models) after fork — TF's thread pools and locks do not
-survive ``fork``. Workers are ``gthread``: TF releases the GIL during inference, so a few
-threads per worker overlap requests and keep a thread free for health probes and the
-heartbeat while a long request runs."""
+survive ``fork``. Workers are ``gthread`` (accepting balanced over workers,
+service/workers.py): TF releases the GIL during inference, so a few threads per worker
+overlap requests and keep a thread free for health probes and the heartbeat while a long
+request runs."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ _settings = Settings()
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = "gthread"
+# gthread plus least-connections accepting: keep-alive connections opened in a burst split
+# evenly over the workers instead of 12:4 (service/workers.py).
+worker_class = "service.workers.BalancedThreadWorker"
 threads = _settings.threads
 preload_app = False
 timeout = _settings.timeout  # a worker silent for this long is killed and replaced

@@ -44,9 +44,11 @@ def test_invalid_environment_rejected(monkeypatch, key, value):
 
 
 def test_gunicorn_conf_never_imports_tensorflow():
-    """The master evaluates gunicorn_conf.py; TF must only ever load in the workers."""
+    """The master evaluates gunicorn_conf.py and imports the worker class; TF must only
+    ever load in the workers."""
     code = (
         "import json, runpy, sys; c = runpy.run_path('service/gunicorn_conf.py'); "
+        "from gunicorn.util import load_class; load_class(c['worker_class']); "
         "print(json.dumps({'tf': 'tensorflow' in sys.modules, 'keras': 'keras' in sys.modules, "
         "'bind': c['bind'], 'workers': c['workers'], 'preload': c['preload_app'], "
         "'worker_class': c['worker_class'], 'env': c['raw_env']}))"
@@ -64,6 +66,7 @@ def test_gunicorn_conf_never_imports_tensorflow():
     conf = json.loads(out.stdout.strip().splitlines()[-1])
     assert conf["tf"] is False and conf["keras"] is False
     assert conf["bind"] == "127.0.0.1:8765" and conf["workers"] == 2
-    assert conf["preload"] is False and conf["worker_class"] == "gthread"
+    assert conf["preload"] is False
+    assert conf["worker_class"] == "service.workers.BalancedThreadWorker"
     intra = max(1, cpu_count() // 2)
     assert f"TF_NUM_INTRAOP_THREADS={intra}" in conf["env"]
