@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(4096 * 4096, ge=1)
     log_level: str = "info"
     activation_sample_every: int = Field(20, ge=0)  # 1 model call in N feeds drift metrics
+    activation_sample_interval: float = Field(1.0, ge=0)  # ... at most once per N s (0: any)
     # Bearer tokens (SecretStr: never printed in a repr or a log). No admin token = no
     # admin API (404); no introspection token = introspection endpoints open.
     admin_token: SecretStr | None = None

@@ -51,7 +51,13 @@ def stack(tmp_path_factory):
     repo = tmp / "repo"
     v1 = publish_tabular(repo, seed=0)
     publish_corrupt(v1)  # version 2: checksum mismatch, must be skipped and counted
-    server = Server(repo, tmp, workers=2, LAYERSCOPE_ACTIVATION_SAMPLE_EVERY="2").start()
+    server = Server(
+        repo,
+        tmp,
+        workers=2,
+        LAYERSCOPE_ACTIVATION_SAMPLE_EVERY="2",
+        LAYERSCOPE_ACTIVATION_SAMPLE_INTERVAL="0",
+    ).start()
     prom = None
     try:
         server.wait_ready()

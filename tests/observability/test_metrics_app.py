@@ -44,6 +44,7 @@ def app(tmp_path_factory):
             "load_in_background": False,
             "poll_interval": 0,
             "activation_sample_every": 1,
+            "activation_sample_interval": 0,
         }
     )
     app.config["failures_before"] = failures_before
@@ -208,6 +209,34 @@ def test_activation_summary_equals_numpy(app, client):
         assert c - c0 == 3
         assert s - s0 == pytest.approx(float(values.mean(axis=1).sum()), abs=1e-4)
         assert f - f0 == pytest.approx(float((values <= 0).mean(axis=1).sum()), abs=1e-6)
+
+
+def test_sampling_at_most_once_per_interval_per_version(app, client):
+    """LAYERSCOPE_ACTIVATION_SAMPLE_INTERVAL caps the sampling under load: with a minute's
+    interval only the first of several sampled calls feeds the summaries."""
+    from service import metrics
+
+    runtime = app.extensions["layerscope"].repository.get(MODEL)
+    layer = runtime.hidden_layer_names[0]
+
+    def sampled_rows():
+        labels = {"model": MODEL, "version": "1", "layer": layer}
+        return value("layerscope_layer_activation_mean_count", **labels)
+
+    body = {"instances": samples(2, seed=4).tolist()}
+    try:
+        metrics.configure(sample_interval=60)
+        metrics._last_sample.clear()
+        before = sampled_rows()
+        for _ in range(5):
+            assert client.post(f"/models/{MODEL}/predict", json=body).status_code == 200
+        assert sampled_rows() - before == 2  # one call of 2 rows
+    finally:
+        metrics.configure(sample_interval=0)
+    before = sampled_rows()
+    for _ in range(3):
+        client.post(f"/models/{MODEL}/predict", json=body)
+    assert sampled_rows() - before == 6  # no interval: every call (sample_every=1)
 
 
 def test_reference_summary_and_lifecycle(app):
