@@ -185,7 +185,6 @@ _lock = threading.Lock()
 _state = threading.local()
 _calls = itertools.count(1)
 _config = {"sample_every": 20, "sample_rows": 16, "sample_interval": 1.0}
-_last_sample: dict[tuple, float] = {}  # (model, version) -> time.monotonic() of its sample
 
 
 def configure(
@@ -205,16 +204,15 @@ def configure(
         _config["sample_interval"] = max(0.0, float(sample_interval))
 
 
-def _sample_due(runtime) -> bool:
-    """Whether this model version may be sampled now (and, if so, mark it sampled)."""
+def _sample_due(m: _RuntimeMetrics) -> bool:
+    """Whether this runtime may be sampled now (and, if so, mark it sampled)."""
     interval = _config["sample_interval"]
     if not interval:
         return True
-    key = (runtime.name, runtime.version)
     now = time.monotonic()
-    if now - _last_sample.get(key, -interval) < interval:
+    if now - m.last_sample < interval:
         return False
-    _last_sample[key] = now  # a race lets two threads sample at once: harmless
+    m.last_sample = now  # a race lets two threads sample at once: harmless
     return True
 
 
@@ -372,6 +370,7 @@ class _RuntimeMetrics:
             op: child(COMPUTE_DURATION, model, version, op) for op in ("predict", "activations")
         }
         self.batch = {op: child(BATCH_SIZE, model, op) for op in ("predict", "activations")}
+        self.last_sample = float("-inf")  # time.monotonic() of its last activation sample
         if self.binary:
             names = self.names if len(self.names) >= 2 else ["negative", "positive"]
             neg_name, pos_name = names[:2]
@@ -437,7 +436,7 @@ def observe_predict(
     try:
         _observe_outputs(runtime, np.asarray(raw, dtype=np.float32))
         every = _config["sample_every"]
-        if every and next(_calls) % every == 0 and _sample_due(runtime):
+        if every and next(_calls) % every == 0 and _sample_due(_runtime_metrics(runtime)):
             sample_activations(runtime, x[: _config["sample_rows"]], layers)
     except Exception:
         log.exception("prediction metrics failed")

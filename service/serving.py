@@ -27,11 +27,12 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
 from service.runtime import KerasRuntime
+from service.settings import ActivationParity
 
 log = logging.getLogger("layerscope.serving")
 
@@ -288,9 +289,10 @@ class LiteRTRuntime(KerasRuntime):
         activation_parity: str = "absolute",
     ):
         super().__init__(path, metadata)
-        if activation_parity not in ("layer-scaled", "absolute"):
+        allowed = get_args(ActivationParity)
+        if activation_parity not in allowed:
             raise ValueError(
-                f"activation_parity must be 'layer-scaled' or 'absolute'. "
+                f"activation_parity must be {' or '.join(map(repr, allowed))}. "
                 f"Received: activation_parity={activation_parity!r}"
             )
         self.threads = max(1, int(threads))

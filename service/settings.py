@@ -12,6 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The gates LiteRT activations may be held to (service/serving.py checks the same names).
+ActivationParity = Literal["layer-scaled", "absolute"]
+
 
 def cpu_count() -> int:
     """Cores this process may use (respects CPU affinity / cgroup-pinned sets)."""
@@ -27,7 +30,7 @@ class ServingOverride(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     runtime: Literal["auto", "keras", "litert"] | None = None
-    activation_parity: Literal["layer-scaled", "absolute"] | None = None
+    activation_parity: ActivationParity | None = None
     batching: Literal["auto"] | bool | None = None
     batch_max_size: int | None = Field(None, ge=1)
     batch_max_delay_ms: float | None = Field(None, ge=0, le=1000)
@@ -75,7 +78,7 @@ class Settings(BaseSettings):
     # misses by float32 summation order), or within 1e-5 x max(1, its largest |value|)
     # ("layer-scaled": opt-in; the CNNs' forward pass ~10x faster). Predictions always keep
     # the absolute 1e-5 gate.
-    activation_parity: Literal["layer-scaled", "absolute"] = "absolute"
+    activation_parity: ActivationParity = "absolute"
     # dynamic batching of plain predictions; auto: on where a batched call is measured
     # (at load) to be much cheaper per row than single-row calls
     batching: Literal["auto"] | bool = "auto"

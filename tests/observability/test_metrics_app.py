@@ -225,8 +225,7 @@ def test_sampling_at_most_once_per_interval_per_version(app, client):
 
     body = {"instances": samples(2, seed=4).tolist()}
     try:
-        metrics.configure(sample_interval=60)
-        metrics._last_sample.clear()
+        metrics.configure(sample_interval=60)  # nothing sampled it with an interval yet
         before = sampled_rows()
         for _ in range(5):
             assert client.post(f"/models/{MODEL}/predict", json=body).status_code == 200
