@@ -142,6 +142,14 @@ class BackgroundStreamHandler(logging.StreamHandler):
         self._pending = collections.deque()
         self._owner_pid = None
 
+    def emit_entry(self, entry: dict[str, Any]) -> None:
+        """Queue a line built without a LogRecord (the access log's production path,
+        ``direct_access_handler``): ``entry`` has the JsonFormatter's keys in its order,
+        with ``ts`` still the ``time.time()`` float and ``pid`` filled in by the writer."""
+        self._pending.append(entry)
+        if self._owner_pid != os.getpid():
+            self._start_writer()
+
     def emit(self, record: logging.LogRecord) -> None:
         if record.args:  # freeze the message: its arguments may change before it is written
             record.msg, record.args = record.getMessage(), None
@@ -170,11 +178,18 @@ class BackgroundStreamHandler(logging.StreamHandler):
         with self._write_lock:
             lines = []
             pending = self._pending
+            pid = os.getpid()  # the writer runs in the process that queued (see fork)
             while pending:
                 record = pending.popleft()
                 try:
-                    lines.append(self.format(record) + self.terminator)
+                    if type(record) is dict:  # emit_entry
+                        record["ts"], record["pid"] = iso_timestamp(record["ts"]), pid
+                        lines.append(json_line(record) + self.terminator)
+                    else:
+                        lines.append(self.format(record) + self.terminator)
                 except Exception:
+                    if type(record) is dict:
+                        record = logging.makeLogRecord({"msg": repr(record)})
                     self.handleError(record)
             if lines and self.stream is not None:
                 try:
@@ -288,6 +303,34 @@ def _before() -> None:
 
 
 _access = logging.getLogger(ACCESS_LOGGER)
+
+
+def direct_access_handler(logger: logging.Logger = _access) -> BackgroundStreamHandler | None:
+    """The handler ``logger``'s INFO records reach when logging is set up as Gunicorn
+    runs it (``gunicorn_logconfig``: the parent logger's one JSON BackgroundStreamHandler,
+    nothing propagated further, no filters), else None. Then the access line is queued
+    as a plain dict (``emit_entry``): the same text, without building a LogRecord, taking
+    the logging locks and scanning its ~25 attributes in the formatter (about 11 of 15
+    µs a request). Any other set-up (pytest's caplog, added handlers) takes ``logging``."""
+    if logger.handlers or logger.filters or logger.disabled or not logger.propagate:
+        return None
+    parent = logger.parent
+    if parent is None or parent.propagate or parent.filters or parent.disabled:
+        return None
+    handlers = parent.handlers
+    if len(handlers) != 1:
+        return None
+    handler = handlers[0]
+    if (
+        type(handler) is not BackgroundStreamHandler
+        or type(handler.formatter) is not JsonFormatter
+        or handler.filters
+        or handler.level > logging.INFO
+    ):
+        return None
+    return handler
+
+
 # service.metrics (the same bounded model labels), imported on first use: the Gunicorn
 # master imports this module through gunicorn_conf.py and must not define the metrics.
 _metrics = None
@@ -325,12 +368,20 @@ def _after(response: Response) -> Response:
         "model": None if model is None else _metrics.model_label(model),
         "version": None if served is None else served[1],
     }
+    handler = direct_access_handler()
+    if handler is not None:
+        handler.emit_entry({**_ACCESS_HEAD, "ts": time.time(), **fields})
+        return response
     # Logger.info without the caller lookup (a stack walk per request; the JSON line
     # carries no file or line number anyway).
     _access.handle(
         _access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None, extra=fields)
     )
     return response
+
+
+# The first keys of JsonFormatter's line for an access record, in its order.
+_ACCESS_HEAD = {"ts": 0.0, "level": "info", "logger": ACCESS_LOGGER, "message": "request", "pid": 0}
 
 
 def init_app(app: Flask) -> None:

@@ -14,6 +14,7 @@ import threading
 
 from flask import Flask, g
 
+from service import logs
 from service.logs import BackgroundStreamHandler, JsonFormatter, new_request_id
 
 
@@ -151,3 +152,63 @@ def test_request_ids_are_unique_across_threads_and_processes():
     assert len(set(all_ids)) == len(all_ids) == 8 * 2000 + 3
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in all_ids)
     assert from_child[0][:16] != ids[0][:16]  # a fresh random half after the fork
+
+
+def _production_tree(name: str, stream) -> tuple[logging.Logger, BackgroundStreamHandler]:
+    """A ``<name>`` / ``<name>.access`` pair set up as gunicorn_logconfig sets up
+    ``layerscope`` / ``layerscope.access``."""
+    handler = _handler(stream)
+    parent = _logger(name, handler)
+    child = logging.getLogger(f"{parent.name}.access")
+    child.handlers[:], child.propagate = [], True
+    return child, handler
+
+
+def test_direct_access_handler_only_under_the_production_set_up():
+    child, handler = _production_tree("direct", io.StringIO())
+    assert logs.direct_access_handler(child) is handler
+    parent = child.parent
+    for change, undo in (
+        (lambda: setattr(parent, "propagate", True), lambda: setattr(parent, "propagate", False)),
+        (lambda: child.addHandler(logging.NullHandler()), lambda: child.handlers.clear()),
+        (lambda: parent.addHandler(logging.NullHandler()), lambda: parent.handlers.pop()),
+        (lambda: parent.addFilter(lambda r: True), lambda: parent.filters.clear()),
+        (
+            lambda: handler.setFormatter(logging.Formatter()),
+            lambda: handler.setFormatter(JsonFormatter()),
+        ),
+        (lambda: handler.setLevel(logging.WARNING), lambda: handler.setLevel(logging.NOTSET)),
+        (lambda: setattr(child, "propagate", False), lambda: setattr(child, "propagate", True)),
+    ):
+        change()
+        assert logs.direct_access_handler(child) is None  # caplog, extra handlers, ...: logging
+        undo()
+        assert logs.direct_access_handler(child) is handler
+
+
+def test_a_queued_entry_is_the_line_the_formatter_writes_for_the_same_record():
+    stream = io.StringIO()
+    child, handler = _production_tree("entry", stream)
+    fields = {
+        "request_id": "r-7",
+        "method": "POST",
+        "status": 200,
+        "duration_ms": 0.25,
+        "model": "fraud",
+        "version": 3,
+        "path": "/models/fraud/predict",
+    }
+    record = child.makeRecord(child.name, logging.INFO, "", 0, "request", None, None, extra=fields)
+    child.handle(record)
+    head = {
+        "ts": record.created,
+        "level": "info",
+        "logger": child.name,
+        "message": "request",
+        "pid": 0,
+    }
+    handler.emit_entry({**head, **fields})
+    handler.flush()
+    via_logging, direct = stream.getvalue().splitlines()
+    assert direct == via_logging
+    assert json.loads(direct)["pid"] == os.getpid()

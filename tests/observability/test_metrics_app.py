@@ -315,6 +315,45 @@ def test_access_record_is_json_without_input_values(client, caplog):
     assert "43210.98" not in line and "hunter2" not in line and "token" not in line
 
 
+def test_access_line_of_the_production_set_up_equals_the_logging_paths(client, caplog):
+    """Under Gunicorn's logging set-up the access line skips ``logging`` (a queued dict,
+    logs.direct_access_handler); its text is the line the logging path writes."""
+    import io
+
+    row = samples(1)[0].tolist()
+    send = lambda: client.post(  # noqa: E731
+        f"/models/{MODEL}/predict", json={"instances": [row]}, headers={"X-Request-ID": "same"}
+    )
+    with caplog.at_level(logging.INFO, logger=logs.ACCESS_LOGGER):
+        assert send().status_code == 200  # caplog's handler: the logging path
+    assert logs.direct_access_handler() is None
+    via_logging = [r for r in caplog.records if r.name == logs.ACCESS_LOGGER]
+    assert len(via_logging) == 1
+    expected = json.loads(logs.JsonFormatter().format(via_logging[0]))
+
+    stream = io.StringIO()
+    handler = logs.BackgroundStreamHandler(stream, interval=3600.0)
+    handler.setFormatter(logs.JsonFormatter())
+    parent = logging.getLogger("layerscope")
+    saved = parent.handlers[:], parent.propagate, parent.level
+    parent.handlers[:], parent.propagate = [handler], False
+    parent.setLevel(logging.INFO)
+    try:
+        assert logs.direct_access_handler() is handler
+        assert send().status_code == 200
+        handler.flush()
+    finally:
+        parent.handlers[:], parent.propagate = saved[0], saved[1]
+        parent.setLevel(saved[2])
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    direct = [e for e in lines if e["logger"] == logs.ACCESS_LOGGER]
+    assert len(direct) == 1
+    assert list(direct[0]) == list(expected)  # the same keys in the same order
+    for key in ("ts", "duration_ms"):
+        direct[0].pop(key), expected.pop(key)
+    assert direct[0] == expected
+
+
 def test_failure_reason_is_bounded():
     assert metrics.failure_reason("checksum mismatch for model.keras: ...") == "checksum"
     assert metrics.failure_reason("unreadable metadata.json: ...") == "metadata"
