@@ -304,6 +304,10 @@ def _before() -> None:
 
 _access = logging.getLogger(ACCESS_LOGGER)
 
+# The first keys of JsonFormatter's line for an access record, in its order (the writer
+# fills in ts and pid).
+_ACCESS_HEAD = {"ts": 0.0, "level": "info", "logger": ACCESS_LOGGER, "message": "request", "pid": 0}
+
 
 def direct_access_handler(logger: logging.Logger = _access) -> BackgroundStreamHandler | None:
     """The handler ``logger``'s INFO records reach when logging is set up as Gunicorn
@@ -378,10 +382,6 @@ def _after(response: Response) -> Response:
         _access.makeRecord(ACCESS_LOGGER, logging.INFO, "", 0, "request", None, None, extra=fields)
     )
     return response
-
-
-# The first keys of JsonFormatter's line for an access record, in its order.
-_ACCESS_HEAD = {"ts": 0.0, "level": "info", "logger": ACCESS_LOGGER, "message": "request", "pid": 0}
 
 
 def init_app(app: Flask) -> None:

@@ -4,6 +4,7 @@ check is a difference between before and after."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -318,8 +319,6 @@ def test_access_record_is_json_without_input_values(client, caplog):
 def test_access_line_of_the_production_set_up_equals_the_logging_paths(client, caplog):
     """Under Gunicorn's logging set-up the access line skips ``logging`` (a queued dict,
     logs.direct_access_handler); its text is the line the logging path writes."""
-    import io
-
     row = samples(1)[0].tolist()
     send = lambda: client.post(  # noqa: E731
         f"/models/{MODEL}/predict", json={"instances": [row]}, headers={"X-Request-ID": "same"}
