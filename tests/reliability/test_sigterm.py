@@ -18,6 +18,10 @@ from .helpers import Server, publish_slow_image, svc_factory, wait_for
 # ended only ~0.45 s after the master's SIGTERM on a quiet machine, and a CI run with
 # other load on the machine once saw every request end before signal + 0.2 s.
 BATCH = svc_factory.image_samples(96, seed=31).tolist()
+# Encoded once: 8 client threads each running json.dumps on 96 images took turns on the
+# test process's GIL, and a CI run saw the last request reach the server only after the
+# master's SIGTERM, 0.4 s after it was submitted (it then found no worker accepting).
+BODY = json.dumps({"instances": BATCH}).encode()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,10 @@ def _slow(server):
     start = time.monotonic()
     try:
         r = requests.post(
-            f"{server.url}/models/slow/predict", json={"instances": BATCH}, timeout=120
+            f"{server.url}/models/slow/predict",
+            data=BODY,
+            headers={"Content-Type": "application/json"},
+            timeout=120,
         )
         return start, time.monotonic(), r.status_code
     except requests.RequestException as exc:
