@@ -93,17 +93,23 @@ def json_line(entry: dict[str, Any]) -> str:
     return json.dumps(entry, default=str, separators=(",", ":"))
 
 
+def line_head(ts: Any, level: str, logger: str, message: str, pid: Any) -> dict[str, Any]:
+    """The first keys of every JSON line, in their order (JsonFormatter, and the access
+    line queued without a LogRecord, whose writer fills in ``ts`` and ``pid``)."""
+    return {"ts": ts, "level": level, "logger": logger, "message": message, "pid": pid}
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts, level, logger, message, pid, request_id, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": iso_timestamp(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-            "pid": record.process,
-        }
+        entry = line_head(
+            iso_timestamp(record.created),
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            record.process,
+        )
         fields = record.__dict__
         if "request_id" not in fields and has_request_context():
             rid = g.get("request_id")
@@ -304,9 +310,7 @@ def _before() -> None:
 
 _access = logging.getLogger(ACCESS_LOGGER)
 
-# The first keys of JsonFormatter's line for an access record, in its order (the writer
-# fills in ts and pid).
-_ACCESS_HEAD = {"ts": 0.0, "level": "info", "logger": ACCESS_LOGGER, "message": "request", "pid": 0}
+_ACCESS_HEAD = line_head(0.0, "info", ACCESS_LOGGER, "request", 0)  # ts, pid: the writer's
 
 
 def direct_access_handler(logger: logging.Logger = _access) -> BackgroundStreamHandler | None:
