@@ -575,6 +575,78 @@ def check(name: str, values: list[float], target: str) -> str:
     return f"| {name} | {fmt(value, 2)} | {rounds} | {target} | {verdict} |"
 
 
+def bounds(rows: list[Row], inproc: dict, models: list[Model], args) -> list[str]:
+    """What the HTTP ceiling allows: the highest value any Flask server under the same
+    Gunicorn settings could reach on this machine, for the targets it limits.
+
+    - Batched rows/s: a request of N rows costs the HTTP stack at least what a one-row
+      request costs, so no server answers N-row requests faster than the ceiling answers
+      one-row ones (side by side at the batched cells' concurrency).
+    - Batching on / off: the batched server still parses every request, so it cannot
+      outrun the ceiling; ceiling / batching-off bounds the ratio (medians of cells run in
+      different groups, so not side by side).
+    """
+    lines = []
+    runtime = args.modes[0][1]
+    for model in models:
+        f = inproc.get((model.name, runtime))
+        ceiling = find(rows, model.name, "HTTP ceiling", "single", args.batch_concurrency)
+        if f and ceiling:
+            lines.append(
+                bound_line(
+                    f"{model.name} {model.batch_rows}-row requests: HTTP rows/s / in-process "
+                    "rows/s",
+                    [
+                        ceiling[r].result.rps * model.batch_rows / f["batch_rows_per_s"]
+                        for r in sorted(ceiling)
+                    ],
+                    ">= 0.6",
+                    f"ceiling's one-row req/s at c{args.batch_concurrency} x "
+                    f"{model.batch_rows} rows",
+                )
+            )
+    img = next((m for m in models if m.kind == "image"), None)
+    ceiling = find(rows, img.name, "HTTP ceiling", "single", 32) if img else {}
+    for runtime in sorted({m[1] for m in args.modes}) if ceiling else []:
+        off = find(rows, img.name, f"layerscope batching=off runtime={runtime}", "single", 32)
+        if off:
+            lines.append(
+                bound_line(
+                    f"{img.name} c32 ({runtime}): batching on / off req/s",
+                    [
+                        median([r.result.rps for r in ceiling.values()])
+                        / median([r.result.rps for r in off.values()])
+                    ],
+                    ">= 2",
+                    "ceiling c32 / batching off c32, medians",
+                )
+            )
+    if not lines:
+        return []
+    return [
+        "",
+        "## Bounds set by the HTTP ceiling",
+        "",
+        "The most any Flask server under the same Gunicorn settings could reach here (see "
+        "`bounds` in bench/run.py). A target above its bound cannot be met on this machine "
+        "by any server of this kind.",
+        "",
+        "| ratio | bound | per round | target | bound from | reachable |",
+        "|---|---:|---|---|---|---|",
+        *lines,
+    ]
+
+
+def bound_line(name: str, values: list[float], target: str, source: str) -> str:
+    """A row of the bounds table: the median bound, and whether the target lies within it."""
+    value = median(values)
+    op, limit = target.split()
+    reachable = value >= float(limit) if op == ">=" else value <= float(limit)
+    rounds = ", ".join(fmt(v, 2) for v in values)
+    verdict = "yes" if reachable else "**no**"
+    return f"| {name} | {fmt(value, 2)} | {rounds} | {target} | {source} | {verdict} |"
+
+
 def http_table(rows: list[Row]) -> list[str]:
     """One line per cell: the median of each figure over the rounds, errors summed, and the
     spread of req/s between rounds."""
@@ -716,6 +788,7 @@ def report(
                 p50,
                 "<= 1.5",
             )
+    lines += bounds(rows, inproc, models, args)
     lines += [
         "",
         "## Worker memory (VmRSS from /proc, MiB per worker)",

@@ -21,6 +21,7 @@ import orjson
 from flask import Request
 from werkzeug.wsgi import get_content_length
 
+from service import numeric_json
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 
 JSON_TYPES = ("application/json",)
@@ -96,6 +97,11 @@ def check_size(request: Request, max_bytes: int) -> None:
 def read_json(request: Request, max_bytes: int, allow_multipart: bool = False) -> dict:
     """The body as a JSON object. A missing Content-Type is accepted (curl -d with -H
     forgotten is common); any other non-JSON type is a 415."""
+    return parse_json(read_body(request, max_bytes, allow_multipart))
+
+
+def read_body(request: Request, max_bytes: int, allow_multipart: bool = False) -> bytes:
+    """The raw bytes of a JSON request, after the size and media-type checks."""
     check_size(request, max_bytes)
     received = mimetype(request) or ""
     if received and not _is_json_type(received):
@@ -105,7 +111,10 @@ def read_json(request: Request, max_bytes: int, allow_multipart: bool = False) -
         raise UnsupportedMediaType(
             f"Content-Type {received!r} is not supported; expected {expected}"
         )
-    raw = request.get_data(cache=True)
+    return request.get_data(cache=True)
+
+
+def parse_json(raw: bytes) -> dict:
     if not raw.strip():
         raise InvalidInput("request body is empty; expected a JSON object")
     try:
@@ -120,6 +129,53 @@ def read_json(request: Request, max_bytes: int, allow_multipart: bool = False) -
     if not isinstance(body, dict):
         raise InvalidInput(f"expected a JSON object at the top level; got {_type_name(body)}")
     return body
+
+
+# Below this size orjson and np.asarray are as fast or faster (a single fraud row: 1.6 µs
+# against 5.3; one 28 x 28 image, 2.4 KB: 24 µs against 14).
+FAST_INSTANCES_MIN_BYTES = 2048
+
+
+def fast_instances(
+    raw: bytes, runtime, max_batch: int, accept=None, min_bytes: int = FAST_INSTANCES_MIN_BYTES
+) -> np.ndarray | None:
+    """The model's float32 batch read straight from a body ``{"instances": [numbers]}``
+    of at least ``min_bytes`` (service/numeric_json.py), or None: then ``parse_json`` and
+    ``decode_for_model`` read the body and word any error. ``accept(name, value)`` vets
+    the body's other (scalar) members; by default they are ignored, as ``get_instances``
+    ignores them."""
+    if len(raw) < min_bytes:
+        return None
+    found = numeric_json.instances_array(raw)
+    if found is None:
+        return None
+    arr, members = found
+    if accept is not None and not all(accept(k, v) for k, v in members.items()):
+        return None
+    if not 0 < len(arr) <= max_batch:
+        return None
+    spec = runtime.metadata["input"]
+    value_range = None
+    if spec.get("kind") == "image":
+        shape = tuple(int(d) for d in spec["shape"])
+        height, width, channels = _image_layout(shape)
+        if arr.shape[1:] != shape and (channels != 1 or arr.shape[1:] != (height, width)):
+            return None
+        value_range = spec.get("value_range")
+    else:
+        n_features = len(spec.get("features") or ()) or int(spec["shape"][0])
+        if arr.shape[1:] != (n_features,):
+            return None
+        shape = arr.shape[1:]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        return None
+    if value_range is not None and (
+        float(out.min()) < float(value_range[0]) or float(out.max()) > float(value_range[1])
+    ):
+        return None
+    return out.reshape((len(arr), *shape))
 
 
 def get_instances(body: dict, key: str = "instances", max_batch: int = 256) -> list:

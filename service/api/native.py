@@ -71,7 +71,11 @@ def decode_request(runtime):
     if inputs.is_multipart(req):
         inputs.check_size(req, cfg.max_body_bytes)
         return inputs.read_multipart_images(req, runtime, cfg.max_batch_size, cfg.max_image_pixels)
-    body = inputs.read_json(req, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image")
+    raw = inputs.read_body(req, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image")
+    x = inputs.fast_instances(raw, runtime, cfg.max_batch_size)
+    if x is not None:
+        return x
+    body = inputs.parse_json(raw)
     instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
     return inputs.decode_for_model(instances, runtime, cfg.max_image_pixels)
 

@@ -96,7 +96,11 @@ def _unwrap_named(value, input_name: str = "input"):
 def _predict(name: str, version: int | None):
     runtime = resolve(name, version)
     cfg = settings()
-    body = inputs.read_json(request, cfg.max_body_bytes)
+    raw = inputs.read_body(request, cfg.max_body_bytes)
+    x = inputs.fast_instances(raw, runtime, cfg.max_batch_size, accept=_plain_row_member)
+    if x is not None:  # a plain {"instances": [numbers]}: no output_layers, no "inputs"
+        return _answer(runtime, x, [])
+    body = inputs.parse_json(raw)
     signature = body.get("signature_name", SIGNATURE)
     if signature not in (SIGNATURE, ""):
         raise InvalidInput(f"signature_name {signature!r} not found; the only one is {SIGNATURE!r}")
@@ -124,15 +128,27 @@ def _predict(name: str, version: int | None):
         inputs.check_batch(len(instances), cfg.max_batch_size)
         where = "inputs"
     x = inputs.decode_for_model(instances, runtime, cfg.max_image_pixels, where=where)
+    return _answer(runtime, x, layers, row_format="instances" in body)
+
+
+def _plain_row_member(name: str, value) -> bool:
+    """Whether a member beside "instances" lets the body take the fast path: the checks in
+    ``_predict`` would pass it and it asks for nothing but predictions."""
+    if name == "signature_name":
+        return isinstance(value, str) and value in (SIGNATURE, "")
+    return name not in ("inputs", "output_layers")
+
+
+def _answer(runtime, x, layers: list[str], row_format: bool = True):
     extra = [n for n in layers if n != runtime.output_layer_name]
     result = compute(runtime, x, extra, endpoint="tfserving_predict")
     out = runtime.output_layer_name
     if not extra:
-        if "instances" in body:
+        if row_format:
             return jsonify({"predictions": result.raw.tolist()})
         return jsonify({"outputs": result.raw.tolist()})
     tensors = {out: result.raw, **result.layers}
-    if "instances" in body:
+    if row_format:
         rows = [{k: v[i].tolist() for k, v in tensors.items()} for i in range(result.raw.shape[0])]
         return jsonify({"predictions": rows})
     return jsonify({"outputs": {k: v.tolist() for k, v in tensors.items()}})

@@ -256,3 +256,43 @@ def test_a_skipped_comparison_gets_no_verdict():
     assert "| fraud single-row c16: Layerscope / naive | n/a | n/a | >= 30 | **not met** |" in (
         report(rows, {}, [], [fraud], args, machine)
     )
+
+
+def test_bounds_come_from_the_ceilings_one_row_rate_and_say_when_a_target_is_out_of_reach():
+    """256-row requests can go no faster than the ceiling answers one-row requests; the
+    batching ratio no higher than ceiling / batching off."""
+    from pathlib import Path
+
+    from bench.run import Model, bounds
+
+    fraud = Model("fraud", "tabular", Path("."), b"", b"", Payload(b""), 256, b"", Payload(b""))
+    fashion = Model("fashion", "image", Path("."), b"", b"", Payload(b""), 64, b"", Payload(b""))
+    ceiling = "HTTP ceiling (constant)"
+    rows = [
+        Row("fraud", ceiling, "single", result(6000, c=4), round=0),
+        Row("fraud", ceiling, "single", result(4000, c=4), round=1),
+        Row("fashion", ceiling, "single", result(5000, c=4)),
+        Row("fashion", ceiling, "single", result(5500, c=32), round=0),
+        Row("fashion", ceiling, "single", result(4500, c=32), round=1),
+        Row("fashion", "layerscope batching=off runtime=litert", "single", result(2000, c=32)),
+        Row("fashion", "layerscope batching=off runtime=keras", "single", result(3000, c=32)),
+    ]
+    inproc = {
+        ("fraud", "auto"): {"batch_rows_per_s": 10_240_000},
+        ("fashion", "auto"): {"batch_rows_per_s": 32_000},
+    }
+    args = parse_args(["--modes", "auto:auto,off:litert,off:keras"])
+    table = bounds(rows, inproc, [fraud, fashion], args)
+    assert (
+        "| fraud 256-row requests: HTTP rows/s / in-process rows/s | 0.12 | 0.15, 0.10 | >= 0.6 "
+        "| ceiling's one-row req/s at c4 x 256 rows | **no** |" in table
+    )
+    assert (
+        "| fashion 64-row requests: HTTP rows/s / in-process rows/s | 10.00 | 10.00 | >= 0.6 "
+        "| ceiling's one-row req/s at c4 x 64 rows | yes |" in table
+    )
+    assert any(line.startswith("| fashion c32 (litert): batching on / off req/s | 2.50 |")
+               and line.endswith("| yes |") for line in table)  # fmt: skip
+    assert any(line.startswith("| fashion c32 (keras): batching on / off req/s | 1.67 |")
+               and line.endswith("| **no** |") for line in table)  # fmt: skip
+    assert bounds([], inproc, [fraud, fashion], args) == []  # no ceiling cells, no section
