@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from service import gc_freeze
 from service.errors import ModelNotFound, ModelNotReady
 from service.runtime import KerasRuntime, LoadError, read_metadata
 
@@ -100,6 +101,7 @@ class ModelRepository:
         # "unloaded": [int], "loaded": [int]}; ``retry``: failed versions to load again.
         self.overrides: dict[str, dict] = {}
         self.retry: set[tuple[str, int]] = set()
+        self._changed = False  # a version loaded, failed or unloaded since the last settle
 
     # -- discovery ---------------------------------------------------------------------
     def _inside_root(self, path: Path) -> bool:
@@ -172,9 +174,11 @@ class ModelRepository:
             log.error(
                 "model %s version %s failed to load: %s", state.name, state.version, state.reason
             )
+            self._changed = True
             self._emit(Event("failed", state.name, state.version, reason=state.reason))
             return
         state.runtime = runtime
+        self._changed = True
         state.load_seconds = time.perf_counter() - start
         state.loaded_at = time.time()
         state.status, state.reason = READY, None
@@ -206,69 +210,76 @@ class ModelRepository:
         does not take a slot, and an older version is only unloaded once a newer one is
         warm, so a bad publish never reduces what is served."""
         with self._write_lock:
-            found = self.scan()
-            current = self._versions
-            table: dict[str, dict[int, VersionState]] = {}
-            unloaded: list[VersionState] = []
-            for name, versions in found.items():
-                table[name] = {}
-                for version, path in versions.items():
-                    sig = _signature(path)
-                    old = current.get(name, {}).get(version)
-                    failed = old is not None and old.status == FAILED
-                    retry = failed and (name, version) in self.retry  # admin "load"
-                    if old is not None and old.signature == sig and not retry:
-                        table[name][version] = old  # unchanged (a failed one is not retried)
-                        continue
-                    if old is not None and not failed:
-                        unloaded.append(old)  # rewritten in place: reload
-                    table[name][version] = VersionState(name, version, path, sig)
-            for name, versions in current.items():
-                for version, state in versions.items():
-                    if version not in found.get(name, {}):
-                        unloaded.append(state)
-            self.retry = set()
-            self._versions = table  # new versions appear as "loading"
-            for state in unloaded:
-                self._unload(state)
-            while not self._stop.is_set():
-                pending = []
-                for name, versions in table.items():
-                    for rank, version in enumerate(self._wanted(versions, name)):
-                        state = versions[version]
-                        if state.status == SKIPPED:  # back in the window: load it again
-                            state = versions[version] = VersionState(
-                                name, version, state.path, state.signature
-                            )
-                        if state.status == LOADING:
-                            pending.append((rank, -version, state))
-                if not pending:
-                    break
-                # every model's newest version first: what serves by default is ready soonest
-                for _, _, state in sorted(pending, key=lambda t: t[:2]):
-                    if self._stop.is_set():
-                        break
-                    self._load_one(state)  # flips state.status in place once warm
+            self._refresh()
+            changed, self._changed = self._changed, False
+        if changed:  # after _refresh returned: its locals no longer hold unloaded versions
+            gc_freeze.settle()
+
+    def _refresh(self) -> None:
+        """``refresh`` under the write lock."""
+        found = self.scan()
+        current = self._versions
+        table: dict[str, dict[int, VersionState]] = {}
+        unloaded: list[VersionState] = []
+        for name, versions in found.items():
+            table[name] = {}
+            for version, path in versions.items():
+                sig = _signature(path)
+                old = current.get(name, {}).get(version)
+                failed = old is not None and old.status == FAILED
+                retry = failed and (name, version) in self.retry  # admin "load"
+                if old is not None and old.signature == sig and not retry:
+                    table[name][version] = old  # unchanged (a failed one is not retried)
+                    continue
+                if old is not None and not failed:
+                    unloaded.append(old)  # rewritten in place: reload
+                table[name][version] = VersionState(name, version, path, sig)
+        for name, versions in current.items():
+            for version, state in versions.items():
+                if version not in found.get(name, {}):
+                    unloaded.append(state)
+        self.retry = set()
+        self._versions = table  # new versions appear as "loading"
+        for state in unloaded:
+            self._unload(state)
+        while not self._stop.is_set():
+            pending = []
             for name, versions in table.items():
-                wanted = set(self._wanted(versions, name))
-                off = set((self.overrides.get(name) or {}).get("unloaded") or ())
-                for version, state in list(versions.items()):
-                    if version in wanted or state.status in (FAILED, SKIPPED):
-                        continue
-                    if state.status == READY:
-                        self._unload(state)
-                    versions[version] = VersionState(
-                        name,
-                        version,
-                        state.path,
-                        state.signature,
-                        status=SKIPPED,
-                        reason="unloaded through the admin API"
-                        if version in off
-                        else f"older than the {self.max_versions} newest versions "
-                        "(LAYERSCOPE_MAX_VERSIONS)",
-                    )
-            self.last_scan = time.time()
+                for rank, version in enumerate(self._wanted(versions, name)):
+                    state = versions[version]
+                    if state.status == SKIPPED:  # back in the window: load it again
+                        state = versions[version] = VersionState(
+                            name, version, state.path, state.signature
+                        )
+                    if state.status == LOADING:
+                        pending.append((rank, -version, state))
+            if not pending:
+                break
+            # every model's newest version first: what serves by default is ready soonest
+            for _, _, state in sorted(pending, key=lambda t: t[:2]):
+                if self._stop.is_set():
+                    break
+                self._load_one(state)  # flips state.status in place once warm
+        for name, versions in table.items():
+            wanted = set(self._wanted(versions, name))
+            off = set((self.overrides.get(name) or {}).get("unloaded") or ())
+            for version, state in list(versions.items()):
+                if version in wanted or state.status in (FAILED, SKIPPED):
+                    continue
+                if state.status == READY:
+                    self._unload(state)
+                versions[version] = VersionState(
+                    name,
+                    version,
+                    state.path,
+                    state.signature,
+                    status=SKIPPED,
+                    reason="unloaded through the admin API"
+                    if version in off
+                    else f"older than the {self.max_versions} newest versions "
+                    "(LAYERSCOPE_MAX_VERSIONS)",
+                )
+        self.last_scan = time.time()
 
     def _unload(self, state: VersionState) -> None:
         if state.status == SKIPPED:  # never loaded: nothing to release or report
@@ -279,6 +290,7 @@ class ModelRepository:
         if runtime is not None and hasattr(runtime, "unload"):
             runtime.unload()
         log.info("model %s version %s unloaded", state.name, state.version)
+        self._changed = True
         self._emit(Event("unloaded", state.name, state.version))
 
     # -- background polling ----------------------------------------------------------------

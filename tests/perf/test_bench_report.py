@@ -296,3 +296,15 @@ def test_bounds_come_from_the_ceilings_one_row_rate_and_say_when_a_target_is_out
     assert any(line.startswith("| fashion c32 (keras): batching on / off req/s | 1.67 |")
                and line.endswith("| **no** |") for line in table)  # fmt: skip
     assert bounds([], inproc, [fraud, fashion], args) == []  # no ceiling cells, no section
+
+
+def test_the_decode_bench_reads_every_model_both_ways(perf_repo, model_names, capsys):
+    """bench/decode.py stops if the shortcut refuses or changes a bench body; on the
+    trained models it must accept them all and print a row per model and body."""
+    from bench.decode import main
+
+    assert main(["--repository", str(perf_repo), "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for name in model_names:
+        assert f"| {name} | 1 instance |" in out
+        assert sum(line.startswith(f"| {name} | ") for line in out.splitlines()) == 2
