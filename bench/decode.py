@@ -14,39 +14,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
+import timeit
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
 from bench.run import load_models
+from service import inputs
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BATCH = 1024
 
 
-def per_call_us(fn, repeat: int, budget_s: float = 0.2) -> float:
-    fn()
-    n = max(1, int(budget_s / max(1e-7, _once(fn))))
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - start) / n)
-    return best * 1e6
-
-
-def _once(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def per_call_us(fn, repeat: int) -> float:
+    """Best of ``repeat`` timed loops, each as long as ``timeit``'s autorange picks (≥ 0.2 s)."""
+    timer = timeit.Timer(fn)
+    number, _ = timer.autorange()
+    return min(timer.repeat(repeat, number)) / number * 1e6
 
 
 def decoders(raw: bytes, runtime):
     """(the ordinary decoding of ``raw``, the shortcut's), each a no-argument call."""
-    from service import inputs
 
     def ordinary():
         body = inputs.parse_json(raw)
@@ -60,8 +49,6 @@ def decoders(raw: bytes, runtime):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from service import inputs
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--repository",
