@@ -50,6 +50,12 @@ class ModelNotReady(LayerscopeError):
     status = 503
 
 
+class IntrospectionUnavailable(LayerscopeError):
+    """422: the model serves predictions but has no graph to open up (subclassed)."""
+
+    status = 422
+
+
 class Overloaded(LayerscopeError):
     """503 with ``Retry-After``: a bounded queue is full (service/batching.py)."""
 

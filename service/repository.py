@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from service import gc_freeze
+from service import gc_freeze, model_file
 from service.errors import ModelNotFound, ModelNotReady
-from service.runtime import KerasRuntime, LoadError, read_metadata
+from service.runtime import LoadError, ModelRuntime, bare_metadata, read_metadata
 
 log = logging.getLogger("layerscope.repository")
 
@@ -44,11 +44,21 @@ class VersionState:
     loaded_at: float | None = None
     load_seconds: float | None = None
 
+    @property
+    def bare(self) -> bool:
+        return not (self.path / "metadata.json").is_file()
+
     def describe(self) -> dict[str, Any]:
+        runtime = self.runtime
+        checksum = None
+        if runtime is not None:
+            checksum = "verified" if runtime.verified else "unverified"
         return {
             "version": self.version,
             "status": self.status,
             "reason": self.reason,
+            "source": "bare" if self.bare else "published",
+            "checksum": checksum,
             "loaded_at": self.loaded_at,
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
         }
@@ -67,11 +77,12 @@ class Event:
 
 
 def _signature(path: Path) -> tuple:
-    """Changes when a version folder is rewritten in place, so it gets reloaded."""
+    """Changes when a version folder is rewritten in place, or its model's serving.yaml
+    changes, so it gets reloaded."""
     stats = []
-    for fname in ("metadata.json", "model.keras"):
+    for file in (path / "metadata.json", path / "model.keras", path.parent / model_file.FILE_NAME):
         try:
-            st = (path / fname).stat()
+            st = file.stat()
             stats.append((st.st_mtime_ns, st.st_size, st.st_ino))
         except OSError:
             stats.append(None)
@@ -83,7 +94,7 @@ class ModelRepository:
         self,
         root: Path | str,
         poll_interval: float = 5.0,
-        runtime_factory: Callable[[Path, dict], Any] = KerasRuntime,
+        runtime_factory: Callable[..., Any] = ModelRuntime,
         max_versions: int = 0,
     ):
         self.root = Path(root)
@@ -113,7 +124,8 @@ class ModelRepository:
             return False
 
     def scan(self) -> dict[str, dict[int, Path]]:
-        """Every ``<name>/<version>/`` holding a metadata.json; everything else ignored."""
+        """Every ``<name>/<version>/`` holding a metadata.json (published) or only a
+        model.keras (bare); everything else ignored."""
         found: dict[str, dict[int, Path]] = {}
         try:
             model_dirs = sorted(self.root.iterdir())
@@ -133,7 +145,9 @@ class ModelRepository:
             for vdir in entries:
                 if not VERSION_RE.match(vdir.name) or not vdir.is_dir():
                     continue
-                if not self._inside_root(vdir) or not (vdir / "metadata.json").is_file():
+                if not self._inside_root(vdir):
+                    continue
+                if not (vdir / "metadata.json").is_file() and not (vdir / "model.keras").is_file():
                     continue
                 versions[int(vdir.name)] = vdir
             if versions:
@@ -155,7 +169,14 @@ class ModelRepository:
                 file = state.path / fname  # a symlink must not lead outside the repository
                 if file.is_symlink() and not self._inside_root(file):
                     raise LoadError(f"{fname} resolves outside the repository")
-            metadata = read_metadata(state.path)
+            try:
+                spec_file = model_file.load(state.path.parent)
+            except model_file.ModelFileError as exc:
+                raise LoadError(str(exc)) from None
+            if not (state.path / "metadata.json").is_file():
+                metadata = bare_metadata(state.path, state.name, state.version)
+            else:
+                metadata = read_metadata(state.path)
             if str(metadata.get("name")) != state.name:
                 raise LoadError(
                     f"metadata.json name {metadata.get('name')!r} differs from folder "
@@ -166,7 +187,7 @@ class ModelRepository:
                     f"metadata.json version {metadata.get('version')!r} differs from folder "
                     f"{state.version}"
                 )
-            runtime = self.runtime_factory(state.path, metadata)
+            runtime = self.runtime_factory(state.path, metadata, model_file=spec_file)
             runtime.load()
         except Exception as exc:  # LoadError and anything unexpected from a bad file
             state.status, state.reason = FAILED, str(exc) or type(exc).__name__

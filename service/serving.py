@@ -31,7 +31,7 @@ from typing import Any, get_args
 
 import numpy as np
 
-from service.runtime import KerasRuntime
+from service.runtime import Limits, ModelRuntime
 from service.settings import ActivationParity
 
 log = logging.getLogger("layerscope.serving")
@@ -77,18 +77,21 @@ def options_for(settings, name: str) -> ServingOptions:
 
 
 def runtime_factory(settings):
-    """``(path, metadata) -> runtime`` choosing the runtime per model."""
+    """``(path, metadata, model_file) -> runtime``: a ``ModelRuntime`` with the settings'
+    limits, composed with the LiteRT accelerator unless the model's runtime is ``keras``."""
+    limits = Limits(settings.max_model_bytes, settings.max_model_params)
 
-    def make(path: Path, metadata: dict):
+    def make(path: Path, metadata: dict, model_file: dict | None = None):
         options = options_for(settings, str(metadata.get("name")))
-        if options.runtime == "keras":
-            return KerasRuntime(path, metadata)
-        return LiteRTRuntime(
-            path,
-            metadata,
-            threads=settings.intra_op_threads,
-            required=options.runtime == "litert",
-            activation_parity=options.activation_parity,
+        accelerator = None
+        if options.runtime != "keras":
+            accelerator = LiteRT(
+                threads=settings.intra_op_threads,
+                required=options.runtime == "litert",
+                activation_parity=options.activation_parity,
+            )
+        return ModelRuntime(
+            path, metadata, model_file=model_file, limits=limits, accelerator=accelerator
         )
 
     return make
@@ -274,21 +277,44 @@ class InterpreterPool:
             raise
 
 
-class LiteRTRuntime(KerasRuntime):
-    """Plain predictions and activations through LiteRT interpreters (one per thread: an
-    interpreter is not thread-safe) where each passed its parity gate, everything else
-    (gradients: ``self.model``) through the inherited TensorFlow functions."""
+class LiteRTEngine:
+    """An ``Engine`` over one interpreter pool (a single float32 input): plain predictions
+    (the pool's one output) or any of the flattened graph's entries. An empty batch, which
+    XNNPACK cannot reshape to, goes to the TensorFlow engine."""
+
+    name = "litert"
+
+    def __init__(self, pool: InterpreterPool, fallback, outputs: Sequence[str]):
+        self.pool, self.fallback, self.outputs = pool, fallback, list(outputs)
+
+    @property
+    def delegate(self) -> str:
+        return self.pool.delegate
+
+    def predict(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        if not len(xs[0]):
+            return self.fallback.predict(xs)
+        got = self.pool.run(np.ascontiguousarray(xs[0], dtype=np.float32), self.outputs)
+        return [got[n] for n in self.outputs]
+
+    def run(self, xs: list[np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+        if not len(xs[0]):
+            return self.fallback.run(xs, names)
+        return self.pool.run(np.ascontiguousarray(xs[0], dtype=np.float32), list(names))
+
+
+class LiteRT:
+    """The accelerator a runtime is composed with (``ModelRuntime(accelerator=LiteRT())``):
+    after the TensorFlow engine is warm, ``attach`` converts the model (once per process
+    and version) and makes LiteRT the runtime's ``predictor`` where the conversion matches
+    TensorFlow within ``PARITY_TOLERANCE`` on the reference sample, and its ``inspector``
+    where every layer of the multi-output conversion passes its gate. Whatever fails keeps
+    its TensorFlow engine, with the reason logged and reported in ``describe``. LiteRT
+    takes models with one float32 input of fixed shape and one output."""
 
     def __init__(
-        self,
-        path,
-        metadata=None,
-        *,
-        threads: int = 1,
-        required: bool = False,
-        activation_parity: str = "absolute",
+        self, *, threads: int = 1, required: bool = False, activation_parity: str = "absolute"
     ):
-        super().__init__(path, metadata)
         allowed = get_args(ActivationParity)
         if activation_parity not in allowed:
             raise ValueError(
@@ -301,71 +327,75 @@ class LiteRTRuntime(KerasRuntime):
         self.backend = "tensorflow"
         self.backend_error: str | None = None
         self.parity: float | None = None
-        self._predictor: InterpreterPool | None = None
+        self.predictor: LiteRTEngine | None = None
         self.activations_backend = "tensorflow"
         self.activations_error: str | None = None
         self.activations_parity: float | None = None  # max abs difference, any layer
         self.activations_parity_scaled: float | None = None  # max of abs diff / scale
-        self._acts: InterpreterPool | None = None
+        self.inspector: LiteRTEngine | None = None
 
-    def _build(self, model, tf, keras) -> None:
-        super()._build(model, tf, keras)
-        self._source_model = model
-
-    def _warm(self) -> None:
-        super()._warm()
-        model, self._source_model = self._source_model, None
+    # -- attaching -------------------------------------------------------------------------
+    def attach(self, runtime) -> None:
+        unsupported = _unsupported(runtime)
         try:
-            self._setup(model)
+            if unsupported:
+                raise ValueError(unsupported)
+            self._setup(runtime)
+            runtime.predictor = self.predictor
         except Exception as exc:  # any failure: serve through TensorFlow, say why
-            self._predictor, self.backend = None, "tensorflow"
+            self.predictor, self.backend = None, "tensorflow"
             self.backend_error = f"{type(exc).__name__}: {exc}"
-            level = logging.ERROR if self.required else logging.WARNING
+            level = logging.ERROR if self.required and not unsupported else logging.WARNING
             log.log(
                 level,
                 "model %s version %s: LiteRT unavailable (%s); serving with TensorFlow",
-                self.name,
-                self.version,
+                runtime.name,
+                runtime.version,
                 self.backend_error,
             )
         try:
-            self._setup_activations()
+            if unsupported:
+                raise ValueError(unsupported)
+            if runtime.inspector is None:
+                raise ValueError(runtime.introspection_error or "no graph")
+            self._setup_activations(runtime)
+            runtime.inspector = self.inspector
         except Exception as exc:  # any failure: activations through TensorFlow, say why
-            self._acts, self.activations_backend = None, "tensorflow"
+            self.inspector, self.activations_backend = None, "tensorflow"
             self.activations_error = f"{type(exc).__name__}: {exc}"
             log.warning(
                 "model %s version %s: LiteRT activations unavailable (%s); serving them "
                 "with TensorFlow",
-                self.name,
-                self.version,
+                runtime.name,
+                runtime.version,
                 self.activations_error,
             )
 
-    def _converted(self, model, suffix: str = "") -> bytes:
+    def _converted(self, runtime, model, suffix: str = "") -> bytes:
         """The flatbuffer of ``model``, converted once per process and version."""
         import ai_edge_litert.interpreter  # noqa: F401  (not installed: fail before converting)
 
-        entry = (self.metadata.get("files") or {}).get("model.keras") or {}
-        key = str(entry.get("sha256") or hashlib.sha256(repr(self.path).encode()).hexdigest())
+        key = runtime.expected_sha256() or hashlib.sha256(repr(runtime.path).encode()).hexdigest()
         with _BLOBS_LOCK:
             blob = _BLOBS.get(key + suffix)
             if blob is None:
                 blob = _BLOBS[key + suffix] = convert_to_litert(model)
         return blob
 
-    def _setup(self, model) -> None:
-        blob = self._converted(model)
+    def _setup(self, runtime) -> None:
+        blob = self._converted(runtime, runtime.model)
         probe = new_interpreter(blob, self.threads)
-        self._predictor = InterpreterPool(
+        pool = InterpreterPool(
             blob,
             input_index=probe.get_input_details()[0]["index"],
             index={"output": probe.get_output_details()[0]["index"]},
             threads=self.threads,
         )
-        x = self._parity_sample()
-        expected = np.asarray(self._predict_fn(x), dtype=np.float32)
-        got = self._invoke(x)  # the whole sample as one batch, then row by row
-        single = np.concatenate([self._invoke(x[i : i + 1]) for i in range(min(4, len(x)))])
+        engine = LiteRTEngine(pool, runtime.tensorflow, ["output"])
+        x = parity_sample(runtime)
+        expected = runtime.tensorflow.predict([x])[0]
+        got = engine.predict([x])[0]  # the whole sample as one batch, then row by row
+        single = np.concatenate([engine.predict([x[i : i + 1]])[0] for i in range(min(4, len(x)))])
         diff = max(
             float(np.abs(got - expected).max()),
             float(np.abs(single - expected[: len(single)]).max()),
@@ -376,33 +406,35 @@ class LiteRTRuntime(KerasRuntime):
                 f"LiteRT output differs from TensorFlow by {diff:g} on the reference sample "
                 f"(tolerance {PARITY_TOLERANCE:g})"
             )
-        self._predictor.reset()  # fresh per-thread interpreters for serving
-        self.backend = "litert"
+        pool.reset()  # fresh per-thread interpreters for serving
+        self.predictor, self.backend = engine, "litert"
 
-    def _setup_activations(self) -> None:
+    def _setup_activations(self, runtime) -> None:
         """Convert the multi-output model; serve activations with the fastest delegate whose
         every layer matches TensorFlow on the reference sample, else raise saying why."""
-        blob = self._converted(self._multi, ":activations")
-        names, x = self._all_names, self._parity_sample()
-        row_bytes = 4 * sum(int(np.prod(self.layer_shapes[n][1:])) for n in names)
-        passed: list[tuple[float, InterpreterPool, tuple[float, float]]] = []
+        tf_engine = runtime.tensorflow
+        blob = self._converted(runtime, tf_engine.multi, ":activations")
+        names, x = tf_engine.entry_names, parity_sample(runtime)
+        row_bytes = 4 * sum(int(np.prod(runtime.layer_shapes[n][1:])) for n in names)
+        passed: list[tuple[float, LiteRTEngine, tuple[float, float]]] = []
         failures, diffs = [], []
         for delegate in DELEGATES:
             try:
-                engine = InterpreterPool.for_signature(
+                pool = InterpreterPool.for_signature(
                     blob,
                     names,
                     threads=self.threads,
                     delegate=delegate,
                     max_rows=ACTIVATION_CHUNK_BYTES // max(1, row_bytes),
                 )
-                scaled, diff, layer, layer_diff = self._activation_parity(engine, x)
+                engine = LiteRTEngine(pool, tf_engine, runtime.output_layer_names[-1:])
+                scaled, diff, layer, layer_diff = self._activation_parity(tf_engine, engine, x)
             except Exception as exc:  # this delegate does not run the model: try the next
                 failures.append(f"{delegate}: {type(exc).__name__}: {exc}")
                 continue
             diffs.append((scaled, diff))
             if np.isfinite(scaled) and scaled <= ACTIVATION_TOLERANCE:
-                passed.append((_seconds_per_call(engine, x, names), engine, (scaled, diff)))
+                passed.append((_seconds_per_call(pool, x, names), engine, (scaled, diff)))
             else:
                 failures.append(
                     f"{delegate}: layer {layer!r} differs by {layer_diff:g}"
@@ -420,8 +452,8 @@ class LiteRTRuntime(KerasRuntime):
         _, engine, (self.activations_parity_scaled, self.activations_parity) = min(
             passed, key=lambda p: p[0]
         )
-        engine.reset()  # fresh per-thread interpreters for serving
-        self._acts, self.activations_backend = engine, "litert"
+        engine.pool.reset()  # fresh per-thread interpreters for serving
+        self.inspector, self.activations_backend = engine, "litert"
 
     def _tolerance_text(self) -> str:
         if self.activation_parity == "absolute":
@@ -429,20 +461,20 @@ class LiteRTRuntime(KerasRuntime):
         return f"{ACTIVATION_TOLERANCE:g} x max(1, max |layer value|)"
 
     def _activation_parity(
-        self, engine: InterpreterPool, x: np.ndarray
+        self, tf_engine, engine: LiteRTEngine, x: np.ndarray
     ) -> tuple[float, float, str, float]:
         """(worst max abs difference / activation_scale, worst max abs difference, the
-        layer of the first and its max abs difference) of the engine against
-        ``_all_call`` over every layer, for the whole sample and its first rows one by one
-        (same batch on both sides: TensorFlow itself differs across batch sizes). NaNs if
-        any value is not finite."""
-        names = self._all_names
+        layer of the first and its max abs difference) of the engine against TensorFlow
+        over every layer, for the whole sample and its first rows one by one (same batch
+        on both sides: TensorFlow itself differs across batch sizes). NaNs if any value is
+        not finite."""
+        names = tf_engine.entry_names
         worst, worst_abs, where, where_diff = 0.0, 0.0, names[0], 0.0
         for batch in [x, *(x[i : i + 1] for i in range(min(4, len(x))))]:
-            expected = self._all_call(batch)
-            got = engine.run(batch, names)
-            for name, want in zip(names, expected, strict=True):
-                want = np.asarray(want, dtype=np.float32)
+            expected = tf_engine.run([batch], names)
+            got = engine.run([batch], names)
+            for name in names:
+                want = np.asarray(expected[name], dtype=np.float32)
                 if got[name].shape != want.shape:
                     raise ValueError(
                         f"LiteRT output of layer {name!r} has shape {got[name].shape}, "
@@ -457,54 +489,57 @@ class LiteRTRuntime(KerasRuntime):
                     worst, where, where_diff = scaled, name, diff
         return worst, worst_abs, where, where_diff
 
-    def _parity_sample(self) -> np.ndarray:
-        """The version's reference inputs (what it was trained on), else a fixed noise."""
-        try:
-            with np.load(self.path / "reference.npz") as ref:
-                x = np.asarray(ref["x"], dtype=np.float32)
-            if x.shape[1:] == self.input_shape and len(x):
-                return np.ascontiguousarray(x)
-        except (OSError, KeyError, ValueError):
-            pass
-        rng = np.random.default_rng(0)
-        hi = float((self.metadata["input"].get("value_range") or [0, 1])[1])
-        return rng.uniform(0, hi, (64, *self.input_shape)).astype(np.float32)
-
-    def _invoke(self, x: np.ndarray) -> np.ndarray:
-        return self._predictor.run(x, ("output",))["output"]
-
-    def raw_predict(self, x: np.ndarray) -> np.ndarray:
-        if self._predictor is None:
-            return super().raw_predict(x)
-        return self._invoke(self._check(x))
-
-    def activations(self, x: np.ndarray, layers: Sequence[str]) -> dict[str, np.ndarray]:
-        """``KerasRuntime.activations`` through the LiteRT engine when it passed parity."""
-        engine = self._acts
-        if engine is None:
-            return super().activations(x, layers)
-        self.check_layers(layers)
-        x = self._check(x)
-        if not len(x):  # XNNPACK cannot reshape to an empty batch
-            return super().activations(x, layers)
-        wanted = list(dict.fromkeys(n for n in layers if n not in self._input_names))
-        result = engine.run(x, wanted) if wanted else {}
-        return {name: x if name in self._input_names else result[name] for name in layers}
-
-    def describe(self) -> dict[str, Any]:
-        out = super().describe()
-        out["runtime"] = {
+    # -- reporting -------------------------------------------------------------------------
+    def describe(self, runtime=None) -> dict[str, Any]:
+        return {
             "predict": self.backend,
             "activations": self.activations_backend,
             "litert_parity_max_abs_diff": self.parity,
             "litert_error": self.backend_error,
-            "litert_activations_delegate": self._acts.delegate if self._acts else None,
+            "litert_activations_delegate": self.inspector.delegate if self.inspector else None,
             "litert_activations_parity_max_abs_diff": self.activations_parity,
             "litert_activations_parity_scaled_diff": self.activations_parity_scaled,
             "litert_activations_tolerance": self._tolerance_text(),
             "litert_activations_error": self.activations_error,
         }
-        return out
+
+
+def _unsupported(runtime) -> str | None:
+    """Why LiteRT does not take this model, or None."""
+    if not runtime.single:
+        return (
+            f"LiteRT serves single-input, single-output models; this one has "
+            f"{len(runtime.inputs)} inputs and {len(runtime.outputs)} outputs"
+        )
+    spec = runtime.inputs[0]
+    if spec["dtype"] != "float32" or any(d is None for d in spec["shape"]):
+        return (
+            f"LiteRT serves float32 inputs of fixed shape; input {spec['name']!r} is "
+            f"{spec['dtype']} {spec['shape']}"
+        )
+    return None
+
+
+def parity_sample(runtime) -> np.ndarray:
+    """The version's reference inputs (what it was trained on), else a fixed noise."""
+    try:
+        xs, _ = runtime.read_reference()
+        if len(xs[0]):
+            return np.ascontiguousarray(xs[0], dtype=np.float32)
+    except LookupError:
+        pass
+    rng = np.random.default_rng(0)
+    hi = float((runtime.inputs[0].get("value_range") or [0, 1])[1])
+    return rng.uniform(0, hi, (64, *runtime.input_shape)).astype(np.float32)
+
+
+def LiteRTRuntime(  # noqa: N802  (reads like the class it replaced)
+    path, metadata=None, *, threads: int = 1, required: bool = False,
+    activation_parity: str = "absolute", **kwargs,
+) -> ModelRuntime:
+    """A runtime composed with the LiteRT accelerator."""
+    accelerator = LiteRT(threads=threads, required=required, activation_parity=activation_parity)
+    return ModelRuntime(path, metadata, accelerator=accelerator, **kwargs)
 
 
 def _seconds_per_call(engine: InterpreterPool, x: np.ndarray, names: Sequence[str]) -> float:
