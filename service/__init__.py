@@ -7,7 +7,6 @@ the worker answers /healthz and a 503 /readyz while models warm up."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -22,19 +21,6 @@ from flask.json.provider import JSONProvider
 from service import errors, serving
 from service.repository import ModelRepository
 from service.settings import Settings, load_settings
-
-# Blueprints / hooks other parts of the project provide; each module exposes `bp` or
-# `init_app(app)` and is registered when present.
-OPTIONAL_MODULES = (
-    "service.api.introspect",
-    "service.metrics",
-    "service.logs",
-    "service.security",
-    "service.api.admin",
-    "service.openapi",
-    "service.warmup",
-    "service.batching",
-)
 
 
 @dataclass
@@ -106,6 +92,18 @@ def _configure_logging(settings: Settings) -> None:
         logger.addHandler(handler)
 
 
+def _import_custom_objects(settings: Settings) -> None:
+    """Import the modules that register a model's custom layers and models (Keras'
+    ``register_keras_serializable``), so ``safe_mode`` loading can resolve them."""
+    for name in settings.custom_objects_modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a bad setting: every model needing it fails, visibly
+            logging.getLogger("layerscope").error(
+                "LAYERSCOPE_CUSTOM_OBJECTS_MODULES: cannot import %r: %s", name, exc
+            )
+
+
 def create_app(config: dict[str, Any] | None = None) -> Flask:
     settings = load_settings({k.lower(): v for k, v in (config or {}).items()})
     _configure_logging(settings)
@@ -124,18 +122,16 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     )
     app.extensions["layerscope"] = Layerscope(settings, repository)
 
-    from service.api import health, native, tfserving, v2
+    _import_custom_objects(settings)
+    from service import batching, logs, metrics, openapi, security, warmup
+    from service.api import admin, health, introspect, native, tfserving, v2
 
-    for module in (health, native, tfserving, v2):
+    # protocol front ends and introspection: one blueprint per concern
+    for module in (health, native, tfserving, v2, introspect):
         app.register_blueprint(module.bp)
-    for name in OPTIONAL_MODULES:
-        if importlib.util.find_spec(name) is None:
-            continue
-        module = importlib.import_module(name)
-        if hasattr(module, "init_app"):
-            module.init_app(app)
-        elif hasattr(module, "bp"):
-            app.register_blueprint(module.bp)
+    # cross-cutting concerns hook into every request or into the repository's events
+    for module in (metrics, logs, security, admin, openapi, warmup, batching):
+        module.init_app(app)
 
     if settings.load_in_background:
         repository.start()

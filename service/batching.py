@@ -180,8 +180,7 @@ AUTO_MIN_GAIN = 2.0  # ... and a 16-row call this many times less per row
 def batching_gain(runtime, rows: int = 16, repeats: int = 15) -> tuple[float, float]:
     """(seconds of a single-row call, per-row speed-up of a ``rows``-row call), medians of
     ``repeats`` calls on zeros shaped like the model input."""
-    shape = tuple(runtime.input_shape)
-    one, many = np.zeros((1, *shape), np.float32), np.zeros((rows, *shape), np.float32)
+    one, many = runtime.warm_batch(1)[0], runtime.warm_batch(rows)[0]
 
     def median(x):
         runtime.raw_predict(x)
@@ -194,6 +193,11 @@ def batching_gain(runtime, rows: int = 16, repeats: int = 15) -> tuple[float, fl
 
     single = median(one)
     return single, single * rows / max(median(many), 1e-9)
+
+
+def batchable(runtime) -> bool:
+    """Rows of separate requests can be stacked: one input of fixed shape, one output."""
+    return runtime.single and all(d is not None for d in runtime.inputs[0]["shape"])
 
 
 class Batchers:
@@ -223,7 +227,10 @@ class Batchers:
             if entry is not None and entry[0] is runtime:
                 return entry[1]
         enabled, why = options.batching, {"setting": options.batching}
-        if enabled == "auto":
+        if not batchable(runtime):
+            enabled = False
+            why["reason"] = "batching takes models with one input of fixed shape and one output"
+        elif enabled == "auto":
             single, gain = batching_gain(runtime)
             enabled = single >= AUTO_MIN_SINGLE_SECONDS and gain >= AUTO_MIN_GAIN
             why.update(single_row_ms=round(single * 1e3, 4), gain_at_16_rows=round(gain, 2))

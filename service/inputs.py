@@ -154,7 +154,11 @@ def fast_instances(
         return None
     if len(arr) > max_batch:  # (never empty: numeric_json refuses empty arrays)
         return None
-    spec = runtime.metadata["input"]
+    if len(runtime.inputs) != 1:
+        return None
+    spec = runtime.inputs[0]
+    if spec.get("dtype", "float32") != "float32" or spec.get("kind") not in ("image", "tabular"):
+        return None
     value_range = None
     if spec.get("kind") == "image":
         shape = tuple(int(d) for d in spec["shape"])
@@ -435,13 +439,166 @@ def check_range(arr: np.ndarray, where: str, value_range) -> np.ndarray:
     return arr
 
 
-# -- model-aware entry points ---------------------------------------------------------------
-def decode_for_model(instances: Sequence[Any], runtime, max_pixels: int, where="instances"):
-    """A JSON instance list -> the float32 batch ``runtime`` takes."""
-    spec = runtime.metadata["input"]
-    if spec.get("kind") == "image":
+# -- any tensor ------------------------------------------------------------------------------
+def _np_dtype(spec: dict):
+    from service.model_spec import DTYPES
+
+    return DTYPES.get(spec.get("dtype", "float32"), np.float32)
+
+
+def is_integer(spec: dict) -> bool:
+    return str(spec.get("dtype", "float32")).startswith(("int", "uint"))
+
+
+def shape_text(spec: dict) -> str:
+    return "[n, " + ", ".join("any" if d is None else str(d) for d in spec["shape"]) + "]"
+
+
+def shape_fits(got: Sequence[int], spec: dict) -> bool:
+    """Whether an instance shape fits the input's shape (None: any length)."""
+    want = spec["shape"]
+    return len(got) == len(want) and all(
+        w is None or w == g for w, g in zip(want, got, strict=True)
+    )
+
+
+def to_integers(value: Any, where: str, spec: dict) -> np.ndarray:
+    """Nested JSON integers -> the input's integer dtype; fractions, booleans, strings and
+    values outside the dtype's range are refused with the first offending element."""
+    dtype = _np_dtype(spec)
+    info = np.iinfo(dtype)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError):
+        arr = None
+    if (
+        arr is None
+        or arr.dtype.kind not in "iuf"
+        or (arr.dtype.kind == "f" and (not np.isfinite(arr).all() or (arr != np.round(arr)).any()))
+    ):
+        bad = _first_not_integer(value, where)
+        if bad is not None:
+            path, item = bad
+            raise InvalidInput(
+                f"{path} is {_preview(item)} ({_type_name(item)}); expected an integer id "
+                f"({spec['dtype']})"
+            )
+        raise InvalidInput(f"{where} is not {shape_text(spec)}; got {describe_shape(value)}")
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise InvalidInput(
+            f"{where} has values in [{arr.min()}, {arr.max()}]; input {spec['name']!r} takes "
+            f"{spec['dtype']} in [{info.min}, {info.max}]"
+        )
+    return arr.astype(dtype)
+
+
+def _first_not_integer(value: Any, path: str) -> tuple[str, Any] | None:
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_not_integer(item, f"{path}[{i}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return path, value
+    if isinstance(value, float) and (not math.isfinite(value) or value != round(value)):
+        return path, value
+    return None
+
+
+def decode_tensor(instances: Sequence[Any], spec: dict, where: str) -> np.ndarray:
+    """A list of instances of any numeric tensor input (sequences of token ids, arrays of
+    any rank) -> one array of the input's dtype, shape checked against the spec."""
+    if is_integer(spec):
+        arr = to_integers(list(instances), where, spec)
+    else:
+        arr = to_float32(list(instances), where, f"an array of shape {shape_text(spec)}")
+        arr = arr.astype(_np_dtype(spec), copy=False)
+    if arr.ndim != len(spec["shape"]) + 1 or not shape_fits(arr.shape[1:], spec):
+        hint = ""
+        if any(d is None for d in spec["shape"]) and arr.dtype == object:
+            hint = "; pad every instance to one length"
+        raise InvalidInput(
+            f"{where} has shape {list(arr.shape)}; input {spec['name']!r} expects "
+            f"{shape_text(spec)}{hint}"
+        )
+    return arr
+
+
+def decode_input(instances: Sequence[Any], spec: dict, where: str, max_pixels: int) -> np.ndarray:
+    """Instances of one model input -> its batch, by the input's kind."""
+    kind = spec.get("kind")
+    if kind == "image":
         return decode_images(instances, spec["shape"], where, max_pixels, spec.get("value_range"))
-    return decode_tabular(instances, _features(spec), where)
+    if kind == "tabular" and not is_integer(spec):
+        return decode_tabular(instances, _features(spec), where)
+    return decode_tensor(instances, spec, where)
+
+
+# -- model-aware entry points ---------------------------------------------------------------
+def decode_instances(instances: Sequence[Any], runtime, max_pixels: int, where="instances"):
+    """A JSON instance list -> the batch ``runtime`` takes: one array for a single-input
+    model, ``{input name: array}`` when the model has several inputs (each instance then
+    an object keyed by input name)."""
+    specs = runtime.inputs
+    if len(specs) == 1:
+        return decode_input(instances, specs[0], where, max_pixels)
+    names = [s["name"] for s in specs]
+    columns: dict[str, list] = {n: [] for n in names}
+    for i, inst in enumerate(instances):
+        if not isinstance(inst, dict):
+            raise InvalidInput(
+                f"{where}[{i}] is {_type_name(inst)}; model {runtime.name!r} has "
+                f"{len(names)} inputs: expected an object keyed by input name {names}"
+            )
+        unknown = [k for k in inst if k not in columns]
+        missing = [n for n in names if n not in inst]
+        if unknown or missing:
+            parts = ([f"unknown inputs {unknown}"] if unknown else []) + (
+                [f"missing inputs {missing}"] if missing else []
+            )
+            raise InvalidInput(f"{where}[{i}]: {'; '.join(parts)}; expected exactly {names}")
+        for n in names:
+            columns[n].append(inst[n])
+    return decode_columns(columns, runtime, max_pixels, where)
+
+
+def decode_columns(columns: dict, runtime, max_pixels: int, where: str) -> dict:
+    """``{input name: [instances]}`` (TF Serving's columnar format) -> the batch dict."""
+    names = [s["name"] for s in runtime.inputs]
+    unknown = [k for k in columns if k not in names]
+    missing = [n for n in names if n not in columns]
+    if unknown or missing:
+        parts = ([f"unknown inputs {unknown}"] if unknown else []) + (
+            [f"missing inputs {missing}"] if missing else []
+        )
+        raise InvalidInput(f"{where}: {'; '.join(parts)}; model {runtime.name!r} takes {names}")
+    out = {}
+    for spec in runtime.inputs:
+        values = columns[spec["name"]]
+        label = f"{where}.{spec['name']}" if where != "instances" else f"{where}[*].{spec['name']}"
+        if not isinstance(values, list):
+            raise InvalidInput(f"{label} is {_type_name(values)}; expected an array of instances")
+        out[spec["name"]] = decode_input(values, spec, label, max_pixels)
+    sizes = {len(v) for v in out.values()}
+    if len(sizes) > 1:
+        raise InvalidInput(
+            f"{where}: the inputs have different batch sizes "
+            f"{ {k: len(v) for k, v in out.items()} }; expected one row per instance in each"
+        )
+    return out
+
+
+def batch_rows(x) -> int:
+    """Rows of a batch (an array, or a dict of arrays)."""
+    if isinstance(x, dict):
+        return len(next(iter(x.values()))) if x else 0
+    return int(x.shape[0])
+
+
+def decode_for_model(instances: Sequence[Any], runtime, max_pixels: int, where="instances"):
+    """``decode_instances`` (the name the protocols first used)."""
+    return decode_instances(instances, runtime, max_pixels, where)
 
 
 def _features(spec: dict) -> list[str]:
@@ -449,13 +606,21 @@ def _features(spec: dict) -> list[str]:
     return spec.get("features") or [f"x{i}" for i in range(int(spec["shape"][0]))]
 
 
+def image_input(runtime) -> dict | None:
+    """The model's only input when it is an image (multipart uploads go there)."""
+    if len(runtime.inputs) == 1 and runtime.inputs[0].get("kind") == "image":
+        return runtime.inputs[0]
+    return None
+
+
 def read_multipart_images(request: Request, runtime, max_batch: int, max_pixels: int):
     """``curl -F image=@shoe.png``: one or several files in the ``image`` field."""
-    spec = runtime.metadata["input"]
-    if spec.get("kind") != "image":
+    spec = image_input(runtime)
+    if spec is None:
+        kinds = ", ".join(f"{s['name']} ({s.get('kind')})" for s in runtime.inputs)
         raise UnsupportedMediaType(
-            f"multipart/form-data is only accepted by image models; model {runtime.name!r} "
-            "takes tabular input: send application/json {'instances': [...]}"
+            f"multipart/form-data is only accepted by image models (one image input); model "
+            f"{runtime.name!r} takes {kinds}: send application/json {{'instances': [...]}}"
         )
     files = request.files.getlist("image")
     if not files:
@@ -471,84 +636,123 @@ def read_multipart_images(request: Request, runtime, max_batch: int, max_pixels:
     return np.stack(rows)
 
 
-def decode_v2_tensor(tensor: Any, runtime, max_batch: int, max_pixels: int) -> np.ndarray:
-    """One Open Inference Protocol input tensor -> the model's float32 batch. The first
-    dimension of ``shape`` is the batch; ``data`` may be flat or nested (row-major)."""
-    spec = runtime.metadata["input"]
-    shape_spec = tuple(int(d) for d in spec["shape"])
+def decode_v2_tensor(
+    tensor: Any,
+    runtime,
+    max_batch: int,
+    max_pixels: int,
+    spec: dict | None = None,
+    where: str = "inputs[0]",
+) -> np.ndarray:
+    """One Open Inference Protocol input tensor -> the batch of the model input ``spec``
+    (default: the only one). The first dimension of ``shape`` is the batch; ``data`` may
+    be flat or nested (row-major)."""
+    spec = spec or runtime.inputs[0]
     if not isinstance(tensor, dict):
-        raise InvalidInput(f"inputs[0] is {_type_name(tensor)}; expected a tensor object")
+        raise InvalidInput(f"{where} is {_type_name(tensor)}; expected a tensor object")
     missing = [k for k in ("name", "shape", "datatype", "data") if k not in tensor]
     if missing:
-        raise InvalidInput(f"inputs[0] lacks {missing}; expected name, shape, datatype and data")
+        raise InvalidInput(f"{where} lacks {missing}; expected name, shape, datatype and data")
     shape, datatype, data = tensor["shape"], tensor["datatype"], tensor["data"]
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
-        raise InvalidInput(
-            f"inputs[0].shape is {_preview(shape)}; expected a list of non-negative integers "
-            f"like [n, {', '.join(map(str, shape_spec))}]"
-        )
+    check_v2_shape_list(shape, spec, where)
     batch = shape[0]
     check_batch(batch, max_batch)
     if not isinstance(datatype, str):
-        raise InvalidInput(f"inputs[0].datatype is {_preview(datatype)}; expected e.g. 'FP32'")
+        raise InvalidInput(f"{where}.datatype is {_preview(datatype)}; expected e.g. 'FP32'")
     if not isinstance(data, list):
-        raise InvalidInput(f"inputs[0].data is {_type_name(data)}; expected an array")
+        raise InvalidInput(f"{where}.data is {_type_name(data)}; expected an array")
     if datatype == "BYTES":
         if spec.get("kind") != "image":
             raise InvalidInput(
-                "inputs[0].datatype BYTES is only accepted for image models (base64 PNG or "
-                f"JPEG); model {runtime.name!r} expects FP32 numbers"
+                f"{where}.datatype BYTES is only accepted for image inputs (base64 PNG or "
+                f"JPEG); input {spec['name']!r} of model {runtime.name!r} expects "
+                f"{v2_datatype(spec)} numbers"
             )
         flat = list(_flatten(data))
         if len(flat) != batch:
             raise InvalidInput(
-                f"inputs[0] has {len(flat)} BYTES elements for shape {shape}; expected one "
+                f"{where} has {len(flat)} BYTES elements for shape {shape}; expected one "
                 "base64 image per batch row"
             )
         return np.stack(
             [
-                decode_b64_image(v, shape_spec, f"inputs[0].data[{i}]", max_pixels)
+                decode_b64_image(v, spec["shape"], f"{where}.data[{i}]", max_pixels)
                 for i, v in enumerate(flat)
             ]
         )
     dtype = V2_DATATYPES.get(datatype)
     if dtype is None:
         raise InvalidInput(
-            f"inputs[0].datatype {datatype!r} is not supported; expected one of "
+            f"{where}.datatype {datatype!r} is not supported; expected one of "
             f"{', '.join(V2_DATATYPES)} (or BYTES with base64 images)"
         )
-    check_v2_shape(shape, spec)
-    arr = to_float32(data, "inputs[0].data", "numbers")
+    check_v2_shape(shape, spec, where)
+    if is_integer(spec):
+        if not np.issubdtype(dtype, np.integer):
+            raise InvalidInput(
+                f"{where}.datatype is {datatype}; input {spec['name']!r} takes integer ids: "
+                f"send {v2_datatype(spec)} (or another INT type)"
+            )
+        arr = to_integers(data, f"{where}.data", spec)
+    else:
+        arr = to_float32(data, f"{where}.data", "numbers")
     count = int(np.prod(shape))
     if arr.size != count:
-        raise InvalidInput(f"inputs[0].data has {arr.size} elements; shape {shape} needs {count}")
+        raise InvalidInput(f"{where}.data has {arr.size} elements; shape {shape} needs {count}")
     if np.issubdtype(dtype, np.integer):
         raw = np.asarray(arr, dtype=np.float64)
         info = np.iinfo(dtype)
         if (raw != np.round(raw)).any() or raw.min() < info.min or raw.max() > info.max:
             raise InvalidInput(
-                f"inputs[0].data does not fit datatype {datatype} (integers in "
+                f"{where}.data does not fit datatype {datatype} (integers in "
                 f"[{info.min}, {info.max}]); got values in [{raw.min():g}, {raw.max():g}]"
             )
-    batch_arr = arr.reshape((batch, *shape_spec))
+    batch_arr = arr.reshape(v2_batch_shape(shape, spec))
     if spec.get("kind") == "image":
-        batch_arr = check_range(batch_arr, "inputs[0].data", spec.get("value_range"))
+        batch_arr = check_range(batch_arr, f"{where}.data", spec.get("value_range"))
+    if not is_integer(spec):
+        batch_arr = batch_arr.astype(_np_dtype(spec), copy=False)
     return batch_arr
 
 
-def check_v2_shape(shape: Sequence[int], spec: dict) -> None:
-    """An OIP tensor shape: [n, *input shape], or [n, H, W] for a one-channel image."""
-    shape_spec = tuple(int(d) for d in spec["shape"])
-    accepted = [shape_spec]
-    if spec.get("kind") == "image" and len(shape_spec) == 3 and shape_spec[2] == 1:
-        accepted.append(shape_spec[:2])
-    if tuple(shape[1:]) not in accepted:
-        expected = " or ".join(f"[n, {', '.join(map(str, a))}]" for a in accepted)
-        raise InvalidInput(f"inputs[0].shape is {list(shape)}; expected {expected}")
+def v2_datatype(spec: dict) -> str:
+    """The Open Inference Protocol datatype of a model input (FP32, INT32, ...)."""
+    names = {np.dtype(v).name: k for k, v in V2_DATATYPES.items()}
+    return names.get(np.dtype(_np_dtype(spec)).name, "FP32")
+
+
+def check_v2_shape_list(shape: Any, spec: dict, where: str = "inputs[0]") -> None:
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
+        raise InvalidInput(
+            f"{where}.shape is {_preview(shape)}; expected a list of non-negative integers "
+            f"like {shape_text(spec)}"
+        )
+
+
+def v2_batch_shape(shape: Sequence[int], spec: dict) -> tuple[int, ...]:
+    """[n, H, W] of a one-channel image becomes [n, H, W, 1]; anything else as sent."""
+    if spec.get("kind") == "image" and len(shape) == len(spec["shape"]):
+        return (shape[0], *spec["shape"])
+    return tuple(shape)
+
+
+def check_v2_shape(shape: Sequence[int], spec: dict, where: str = "inputs[0]") -> None:
+    """An OIP tensor shape: [n, *input shape] (free dimensions any length), or [n, H, W]
+    for a one-channel image."""
+    dims = list(spec["shape"])
+    if shape_fits(tuple(shape[1:]), spec):
+        return
+    if spec.get("kind") == "image" and len(dims) == 3 and dims[2] == 1:
+        if tuple(shape[1:]) == tuple(dims[:2]):
+            return
+        accepted = f"{shape_text(spec)} or [n, {dims[0]}, {dims[1]}]"
+    else:
+        accepted = shape_text(spec)
+    raise InvalidInput(f"{where}.shape is {list(shape)}; expected {accepted}")
 
 
 def _flatten(value):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from flask import current_app, g
 
-from service import batching, metrics
+from service import batching, inputs, metrics
 from service.errors import PayloadTooLarge
 
 
@@ -46,10 +46,11 @@ def parse_version(text: str) -> int | None:
 
 @dataclass
 class Result:
-    raw: np.ndarray  # the model's final layer, e.g. (n, 1) sigmoid for binary
-    probabilities: np.ndarray  # (n, n_classes)
+    raw: np.ndarray  # the model's first output, e.g. (n, 1) sigmoid for binary
+    probabilities: np.ndarray  # (n, n_classes) of the first output (regression: raw)
     layers: dict[str, np.ndarray] = field(default_factory=dict)
     seconds: float = 0.0
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)  # every model output
 
 
 def check_activation_budget(runtime, n: int, layers: Sequence[str]) -> None:
@@ -68,40 +69,81 @@ def check_activation_budget(runtime, n: int, layers: Sequence[str]) -> None:
 
 
 def compute(
-    runtime, x: np.ndarray, layers: Sequence[str] = (), *, endpoint: str, budget: bool = True
+    runtime, x, layers: Sequence[str] = (), *, endpoint: str, budget: bool = True
 ) -> Result:
-    """The single forward pass behind every predict / infer endpoint."""
+    """The single forward pass behind every predict / infer endpoint. ``x``: the batch
+    (an array, or ``{input name: array}`` for a multi-input model)."""
     ctx = g._get_current_object()  # one proxy lookup for the three fields
     ctx.layerscope_endpoint = endpoint
-    ctx.layerscope_batch_size = int(x.shape[0])
+    rows = inputs.batch_rows(x)
+    ctx.layerscope_batch_size = rows
     start = time.perf_counter()
+    names = [o["name"] for o in runtime.outputs]
     if layers:
         runtime.check_layers(layers)
         if budget:  # False: the values are summarised (stats), not returned
-            check_activation_budget(runtime, int(x.shape[0]), layers)
-        final = runtime.output_layer_name
-        wanted = list(dict.fromkeys([*layers, final]))
+            check_activation_budget(runtime, rows, layers)
+        wanted = list(dict.fromkeys([*layers, *names]))
         acts = runtime.activations(x, wanted)
-        raw = acts[final]
+        raw = acts[names[0]]
         result = Result(raw, runtime.probabilities(raw), {n: acts[n] for n in layers})
-    else:  # plain predictions share batched model calls (service/batching.py)
+        result.outputs = {n: acts[n] for n in names}
+    elif runtime.single:  # plain predictions share batched model calls (service/batching.py)
         raw = batching.predict(runtime, x)
-        result = Result(raw, runtime.probabilities(raw))
+        result = Result(raw, runtime.probabilities(raw), outputs={names[0]: raw})
+    else:
+        outputs = runtime.predict_outputs(x)
+        raw = outputs[names[0]]
+        result = Result(raw, runtime.probabilities(raw), outputs=outputs)
     result.seconds = time.perf_counter() - start
     ctx.layerscope_compute_seconds = result.seconds
     metrics.observe_predict(runtime, x, raw, result.seconds, result.layers)
     return result
 
 
+def format_result(runtime, result: Result) -> list[dict]:
+    """The native API's predictions, one entry per instance: a single classification
+    output as ``format_predictions``; a regression output as ``{"value": ...}`` (a number
+    for one unit, else the array); several outputs as ``{"outputs": {name: entry}}``."""
+    specs = runtime.outputs
+    if len(specs) == 1:
+        return format_output(runtime, specs[0], result.outputs.get(specs[0]["name"], result.raw))
+    per_output = [format_output(runtime, spec, result.outputs[spec["name"]]) for spec in specs]
+    return [
+        {"outputs": {spec["name"]: rows[i] for spec, rows in zip(specs, per_output, strict=True)}}
+        for i in range(len(result.raw))
+    ]
+
+
+def format_output(runtime, spec: dict, raw: np.ndarray) -> list[dict]:
+    """One output's entries: labels and probabilities for classification, values else."""
+    task = spec.get("task")
+    if task in ("binary_classification", "multiclass_classification"):
+        probs = runtime.probabilities(raw, spec)
+        return _format_classes(
+            probs, spec["class_names"], task == "binary_classification", spec.get("threshold")
+        )
+    values = np.asarray(raw, dtype=np.float32)
+    if values.ndim == 2 and values.shape[1] == 1:
+        return [{"value": v} for v in values[:, 0].tolist()]
+    return [{"value": row} for row in values.tolist()]
+
+
 def format_predictions(runtime, probs: np.ndarray) -> list[dict]:
     """``[format_prediction(runtime, row) for row in probs]``, identical output, with the
     per-row numpy work done once for the whole batch (a 256-row request spent more time
     formatting than computing)."""
-    classes = runtime.class_names
+    if runtime.task not in ("binary_classification", "multiclass_classification"):
+        return format_output(runtime, runtime.outputs[0], probs)
+    return _format_classes(probs, runtime.class_names, runtime.binary, runtime.threshold)
+
+
+def _format_classes(probs, classes, binary: bool, threshold) -> list[dict]:
+    """Classification entries of a batch of probabilities (binary: [1 - p, p])."""
     table = np.asarray(probs, dtype=np.float32)
     rows = table.tolist()
-    if runtime.binary:
-        threshold = 0.5 if runtime.threshold is None else float(runtime.threshold)
+    if binary:
+        threshold = 0.5 if threshold is None else float(threshold)
         positive_key = f"{classes[1]}_probability"
         out = []
         for p in rows:
@@ -113,9 +155,7 @@ def format_predictions(runtime, probs: np.ndarray) -> list[dict]:
                 "probabilities": dict(zip(classes, p, strict=True)),
             }
             entry[positive_key] = p[1]
-            entry.update(
-                positive_probability=p[1], decision=classes[index], threshold=threshold
-            )
+            entry.update(positive_probability=p[1], decision=classes[index], threshold=threshold)
             out.append(entry)
         return out
     indices = np.argmax(table, axis=1).tolist() if len(rows) else []
@@ -133,26 +173,4 @@ def format_predictions(runtime, probs: np.ndarray) -> list[dict]:
 def format_prediction(runtime, probs: np.ndarray) -> dict:
     """One instance of the native response. Binary models decide at the stored threshold
     (not at 0.5), and say so."""
-    classes = runtime.class_names
-    p = [float(v) for v in probs]
-    entry: dict = {}
-    if runtime.binary:
-        threshold = 0.5 if runtime.threshold is None else float(runtime.threshold)
-        index = 1 if p[1] >= threshold else 0
-        positive = classes[1]
-        entry.update(
-            label=classes[index],
-            class_index=index,
-            score=p[index],
-            probabilities=dict(zip(classes, p, strict=True)),
-        )
-        entry[f"{positive}_probability"] = p[1]
-        entry.update(positive_probability=p[1], decision=classes[index], threshold=threshold)
-        return entry
-    index = int(np.argmax(probs))
-    return {
-        "label": classes[index],
-        "class_index": index,
-        "score": p[index],
-        "probabilities": dict(zip(classes, p, strict=True)),
-    }
+    return format_predictions(runtime, np.asarray(probs, dtype=np.float32)[None])[0]

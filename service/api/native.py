@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request
 
 from service import inputs, security
-from service.api import compute, format_predictions, repository, resolve, settings
+from service.api import compute, format_result, repository, resolve, settings
 from service.repository import READY
 
 bp = Blueprint("native", __name__)
@@ -65,19 +65,21 @@ def version_metadata(name: str, version: int):
 
 
 def decode_request(runtime):
-    """JSON {"instances": [...]} or, for image models, multipart files named 'image'."""
+    """JSON {"instances": [...]} or, for models with one image input, multipart files
+    named 'image'. A multi-input model's instances are objects keyed by input name."""
     cfg = settings()
     req = request._get_current_object()  # the helpers read several fields: no proxy each
     if inputs.is_multipart(req):
         inputs.check_size(req, cfg.max_body_bytes)
         return inputs.read_multipart_images(req, runtime, cfg.max_batch_size, cfg.max_image_pixels)
-    raw = inputs.read_body(req, cfg.max_body_bytes, allow_multipart=runtime.input_kind == "image")
+    image = inputs.image_input(runtime) is not None
+    raw = inputs.read_body(req, cfg.max_body_bytes, allow_multipart=image)
     x = inputs.fast_instances(raw, runtime, cfg.max_batch_size)
     if x is not None:
         return x
     body = inputs.parse_json(raw)
     instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
-    return inputs.decode_for_model(instances, runtime, cfg.max_image_pixels)
+    return inputs.decode_instances(instances, runtime, cfg.max_image_pixels)
 
 
 def _predict(name: str, version: int | None):
@@ -88,7 +90,7 @@ def _predict(name: str, version: int | None):
         {
             "model": runtime.name,
             "version": runtime.version,
-            "predictions": format_predictions(runtime, result.probabilities),
+            "predictions": format_result(runtime, result),
         }
     )
 

@@ -48,9 +48,25 @@ def version_status(name: str, version: int):
     return jsonify({"model_version_status": [_status(repository().state(name, version))]})
 
 
-def _tensor_info(name: str, shape) -> dict:
+TF_DTYPES = {
+    "float16": "DT_HALF",
+    "float32": "DT_FLOAT",
+    "float64": "DT_DOUBLE",
+    "int8": "DT_INT8",
+    "int16": "DT_INT16",
+    "int32": "DT_INT32",
+    "int64": "DT_INT64",
+    "uint8": "DT_UINT8",
+    "uint16": "DT_UINT16",
+    "uint32": "DT_UINT32",
+    "uint64": "DT_UINT64",
+    "bool": "DT_BOOL",
+}
+
+
+def _tensor_info(name: str, shape, dtype: str = "float32") -> dict:
     return {
-        "dtype": "DT_FLOAT",
+        "dtype": TF_DTYPES.get(dtype, "DT_FLOAT"),
         "tensor_shape": {
             "dim": [{"size": str(-1 if d is None else d), "name": ""} for d in shape],
             "unknown_rank": False,
@@ -61,10 +77,14 @@ def _tensor_info(name: str, shape) -> dict:
 
 def _metadata(name: str, version: int | None):
     runtime = resolve(name, version)
-    outputs = {runtime.output_layer_name: runtime.layer_shapes[runtime.output_layer_name]}
     signature = {
-        "inputs": {"input": _tensor_info("input", [None, *runtime.input_shape])},
-        "outputs": {k: _tensor_info(k, v) for k, v in outputs.items()},
+        "inputs": {
+            s["name"]: _tensor_info(s["name"], [None, *s["shape"]], s["dtype"])
+            for s in runtime.inputs
+        },
+        "outputs": {
+            o["name"]: _tensor_info(o["name"], [None, *o["shape"]]) for o in runtime.outputs
+        },
         "method_name": "tensorflow/serving/predict",
     }
     spec = {"name": runtime.name, "signature_name": "", "version": str(runtime.version)}
@@ -93,6 +113,39 @@ def _unwrap_named(value, input_name: str = "input"):
     return value
 
 
+def _decode(body: dict, runtime, cfg):
+    """Row (``instances``) or columnar (``inputs``) format -> the batch. One input may be
+    named or not; several inputs are named: rows ``{name: value}``, columns
+    ``{name: [values]}``."""
+    single = len(runtime.inputs) == 1
+    input_name = runtime.inputs[0]["name"]
+    if "instances" in body:
+        instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
+        if single:
+            instances = [_unwrap_named(i, input_name) for i in instances]
+        return inputs.decode_instances(instances, runtime, cfg.max_image_pixels)
+    columns = body["inputs"]
+    if single:
+        columns = _unwrap_named(columns, input_name)
+        if not isinstance(columns, list):
+            raise InvalidInput(
+                f"columnar 'inputs' must be a batch array or {{{input_name!r}: [...]}}; got "
+                f"{type(columns).__name__}"
+            )
+        inputs.check_batch(len(columns), cfg.max_batch_size)
+        return inputs.decode_instances(columns, runtime, cfg.max_image_pixels, where="inputs")
+    if not isinstance(columns, dict):
+        raise InvalidInput(
+            f"columnar 'inputs' of model {runtime.name!r} must be an object "
+            f"{{input name: [values]}} for its inputs {[s['name'] for s in runtime.inputs]}; "
+            f"got {type(columns).__name__}"
+        )
+    for values in columns.values():
+        if isinstance(values, list):
+            inputs.check_batch(len(values), cfg.max_batch_size)
+    return inputs.decode_columns(columns, runtime, cfg.max_image_pixels, "inputs")
+
+
 def _predict(name: str, version: int | None):
     runtime = resolve(name, version)
     cfg = settings()
@@ -112,22 +165,10 @@ def _predict(name: str, version: int | None):
     layers = body.get("output_layers") or []
     if not isinstance(layers, list) or not all(isinstance(x, str) for x in layers):
         raise InvalidInput(f"output_layers must be a list of layer names; got {layers!r}")
-    if any(n != runtime.output_layer_name for n in layers):
+    outputs = {o["name"] for o in runtime.outputs}
+    if any(n not in outputs for n in layers):
         require_introspection()  # hidden-layer outputs reveal model internals
-    if "instances" in body:
-        instances = inputs.get_instances(body, "instances", cfg.max_batch_size)
-        instances = [_unwrap_named(i) for i in instances]
-        where = "instances"
-    else:
-        instances = _unwrap_named(body["inputs"])
-        if not isinstance(instances, list):
-            raise InvalidInput(
-                "columnar 'inputs' must be a batch array or {'input': [...]}; got "
-                f"{type(instances).__name__}"
-            )
-        inputs.check_batch(len(instances), cfg.max_batch_size)
-        where = "inputs"
-    x = inputs.decode_for_model(instances, runtime, cfg.max_image_pixels, where=where)
+    x = _decode(body, runtime, cfg)
     return _answer(runtime, x, layers, row_format="instances" in body)
 
 
@@ -140,14 +181,16 @@ def _plain_row_member(name: str, value) -> bool:
 
 
 def _answer(runtime, x, layers: list[str], row_format: bool = True):
-    extra = [n for n in layers if n != runtime.output_layer_name]
+    """One output: TF Serving's plain form. Several outputs, or extra layers: its
+    multi-output form, rows of objects or an object of columns."""
+    outputs = [o["name"] for o in runtime.outputs]
+    extra = [n for n in layers if n not in outputs]
     result = compute(runtime, x, extra, endpoint="tfserving_predict")
-    out = runtime.output_layer_name
-    if not extra:
+    if not extra and len(outputs) == 1:
         if row_format:
             return jsonify({"predictions": result.raw.tolist()})
         return jsonify({"outputs": result.raw.tolist()})
-    tensors = {out: result.raw, **result.layers}
+    tensors = {**result.outputs, **result.layers}
     if row_format:
         rows = [{k: v[i].tolist() for k, v in tensors.items()} for i in range(result.raw.shape[0])]
         return jsonify({"predictions": rows})

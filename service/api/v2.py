@@ -45,13 +45,17 @@ def _shape(shape) -> list[int]:
     return [-1 if d is None else int(d) for d in shape]
 
 
+def _model_outputs(runtime) -> list[str]:
+    return [o["name"] for o in runtime.outputs]
+
+
 def _outputs(runtime, listed: bool = True) -> list[dict]:
-    """The prediction output first, then every other layer in model order. ``listed``:
+    """The model's outputs first, then every other layer in model order. ``listed``:
     for metadata, where the hidden layers are only shown to requests allowed to
     introspect (an infer naming one is refused with 401/403 instead)."""
-    names = [runtime.output_layer_name]
+    names = _model_outputs(runtime)
     if not listed or security.introspection_allowed():
-        names += [n for n in runtime.output_layer_names if n != runtime.output_layer_name]
+        names += [n for n in runtime.output_layer_names if n not in names]
     return [
         {"name": n, "datatype": "FP32", "shape": _shape(runtime.layer_shapes[n])} for n in names
     ]
@@ -67,7 +71,14 @@ def model_metadata(name: str, version: str | None = None):
             "name": runtime.name,
             "versions": [str(v) for v in sorted(versions)],
             "platform": runtime.platform,
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, *runtime.input_shape]}],
+            "inputs": [
+                {
+                    "name": s["name"],
+                    "datatype": inputs.v2_datatype(s),
+                    "shape": _shape([None, *s["shape"]]),
+                }
+                for s in runtime.inputs
+            ],
             "outputs": _outputs(runtime),
         }
     )
@@ -85,7 +96,7 @@ def model_ready(name: str, version: str | None = None):
 def _requested_outputs(body: dict, runtime) -> list[str]:
     outputs = body.get("outputs")
     if outputs is None:
-        return [runtime.output_layer_name]
+        return _model_outputs(runtime)
     if not isinstance(outputs, list) or not all(
         isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs
     ):
@@ -110,18 +121,7 @@ def infer(name: str, version: str | None = None):
     runtime = resolve(name, _version(name, version))
     cfg = settings()
     body, binary = _read_request(cfg)
-    tensors = body.get("inputs")
-    if not isinstance(tensors, list) or len(tensors) != 1:
-        got = f"{len(tensors)} tensors" if isinstance(tensors, list) else repr(tensors)[:40]
-        raise InvalidInput(
-            f"'inputs' must be a list with exactly one tensor named 'input'; got {got}"
-        )
-    tensor = tensors[0]
-    if isinstance(tensor, dict) and tensor.get("name") != "input":
-        raise InvalidInput(
-            f"unknown input tensor {tensor.get('name')!r}; model {runtime.name!r} has one "
-            "input named 'input'"
-        )
+    tensors = _input_tensors(body, runtime)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise InvalidInput(f"'id' must be a string; got {request_id!r}")
@@ -130,13 +130,24 @@ def infer(name: str, version: str | None = None):
         raise InvalidInput(f"'parameters' must be an object; got {params!r}")
     names = _requested_outputs(body, runtime)
     as_binary = _binary_outputs(body, params or {}, names)
-    if any(n != runtime.output_layer_name for n in names):
+    model_outputs = _model_outputs(runtime)
+    if any(n not in model_outputs for n in names):
         require_introspection()  # hidden-layer outputs reveal model internals
-    x = _input_batch(tensor, binary, runtime, cfg)
-    final = runtime.output_layer_name
-    extra = [n for n in names if n != final]
+    batch = {
+        spec["name"]: _input_batch(tensor, binary, runtime, cfg, spec, where)
+        for spec, tensor, where in tensors
+    }
+    x = batch if len(batch) > 1 else next(iter(batch.values()))
+    if len(batch) > 1:
+        sizes = {k: len(v) for k, v in batch.items()}
+        if len(set(sizes.values())) > 1:
+            raise InvalidInput(
+                f"the input tensors have different batch sizes {sizes}; expected the same "
+                "first dimension in every input"
+            )
+    extra = [n for n in names if n not in model_outputs]
     result = compute(runtime, x, extra, endpoint="v2_infer")
-    values = {final: result.raw, **result.layers}
+    values = {**result.outputs, **result.layers}
     response = {
         "model_name": runtime.name,
         "model_version": str(runtime.version),
@@ -152,6 +163,41 @@ def infer(name: str, version: str | None = None):
         return jsonify(response)
     data, headers = binary_tensors.encode_response(response, {n: values[n] for n in as_binary})
     return Response(data, headers=headers)
+
+
+def _input_tensors(body: dict, runtime) -> list[tuple[dict, dict, str]]:
+    """``inputs`` -> (model input spec, its tensor, "inputs[i]") per model input, in model
+    order: one tensor per input, by name, in any order."""
+    tensors = body.get("inputs")
+    names = [s["name"] for s in runtime.inputs]
+    expected = (
+        f"exactly one tensor named {names[0]!r}"
+        if len(names) == 1
+        else f"one tensor per model input, named {names}"
+    )
+    if not isinstance(tensors, list) or not tensors:
+        got = f"{len(tensors)} tensors" if isinstance(tensors, list) else repr(tensors)[:40]
+        raise InvalidInput(f"'inputs' must be a list with {expected}; got {got}")
+    found: dict[str, tuple[dict, str]] = {}
+    for i, tensor in enumerate(tensors):
+        if not isinstance(tensor, dict):
+            raise InvalidInput(f"inputs[{i}] is {type(tensor).__name__}; expected a tensor object")
+        name = tensor.get("name")
+        if name not in names:
+            raise InvalidInput(
+                f"unknown input tensor {name!r}; model {runtime.name!r} has "
+                + (f"one input named {names[0]!r}" if len(names) == 1 else f"the inputs {names}")
+            )
+        if name in found:
+            raise InvalidInput(
+                f"input tensor {name!r} appears twice (got {len(tensors)} tensors); "
+                f"expected {expected}"
+            )
+        found[name] = (tensor, f"inputs[{i}]")
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise InvalidInput(f"missing input tensors {missing}; expected {expected}")
+    return [(spec, *found[spec["name"]]) for spec in runtime.inputs]
 
 
 # -- binary tensor data extension (service/binary_tensors.py) ------------------------------------
@@ -191,63 +237,73 @@ def _binary_outputs(body: dict, params: dict, names: list[str]) -> set[str]:
     return {n for n in names if flags.get(n, default)}
 
 
-def _input_batch(tensor, binary: dict, runtime, cfg) -> np.ndarray:
-    """The model's float32 batch from the one input tensor, JSON or binary."""
-    if "input" in binary:
-        return _binary_batch(tensor, binary["input"], runtime, cfg)
+def _input_batch(tensor, binary: dict, runtime, cfg, spec: dict, where: str) -> np.ndarray:
+    """The batch of one model input from its tensor, JSON or binary."""
+    name = spec["name"]
+    if name in binary:
+        return _binary_batch(tensor, binary[name], runtime, cfg, spec, where)
     params = tensor.get("parameters") if isinstance(tensor, dict) else None
     if isinstance(params, dict) and "binary_data_size" in params:
         raise InvalidInput(
-            f"inputs[0] has parameters.binary_data_size ({params['binary_data_size']!r}) but "
+            f"{where} has parameters.binary_data_size ({params['binary_data_size']!r}) but "
             f"the request has no {binary_tensors.HEADER} header: send it with the byte "
             "length of the JSON part, the binary data after the JSON"
         )
-    return inputs.decode_v2_tensor(tensor, runtime, cfg.max_batch_size, cfg.max_image_pixels)
+    return inputs.decode_v2_tensor(
+        tensor, runtime, cfg.max_batch_size, cfg.max_image_pixels, spec=spec, where=where
+    )
 
 
-def _binary_batch(tensor: dict, value, runtime, cfg) -> np.ndarray:
-    """Binary input values -> the float32 batch, with the JSON path's checks: batch size,
-    shape against the model's input, NaN / Inf, the image value range. Integer datatypes
-    need no range check: raw bytes of an INT8 cannot hold anything but an INT8."""
-    spec = runtime.metadata["input"]
-    shape_spec = tuple(int(d) for d in spec["shape"])
+def _binary_batch(tensor: dict, value, runtime, cfg, spec: dict, where: str) -> np.ndarray:
+    """Binary input values -> the batch, with the JSON path's checks: batch size, shape
+    against the model's input, NaN / Inf, integer ids for integer inputs, the image value
+    range. Raw bytes of an INT8 cannot hold anything but an INT8: no range check there."""
     shape, datatype = tensor["shape"], tensor["datatype"]
     if not shape:
-        raise InvalidInput(
-            f"inputs[0].shape is []; expected [n, {', '.join(map(str, shape_spec))}]"
-        )
+        raise InvalidInput(f"{where}.shape is []; expected {inputs.shape_text(spec)}")
     inputs.check_batch(shape[0], cfg.max_batch_size)
     if datatype == "BYTES":
-        return _binary_images(value, shape, spec, runtime, cfg)
+        return _binary_images(value, shape, spec, runtime, cfg, where)
     if datatype not in inputs.V2_DATATYPES:
         raise InvalidInput(
-            f"inputs[0].datatype {datatype!r} is not supported for this model; expected one "
+            f"{where}.datatype {datatype!r} is not supported for this model; expected one "
             f"of {', '.join(inputs.V2_DATATYPES)} (or BYTES with PNG / JPEG files)"
         )
-    inputs.check_v2_shape(shape, spec)
-    where = "inputs[0] (binary data)"
-    batch = inputs.to_float32(value, where, "numbers").reshape((shape[0], *shape_spec))
+    inputs.check_v2_shape(shape, spec, where)
+    label = f"{where} (binary data)"
+    if inputs.is_integer(spec):
+        if not np.issubdtype(np.asarray(value).dtype, np.integer):
+            raise InvalidInput(
+                f"{where}.datatype is {datatype}; input {spec['name']!r} takes integer ids: "
+                f"send {inputs.v2_datatype(spec)} (or another INT type)"
+            )
+        batch = inputs.to_integers(value, label, spec)
+    else:
+        batch = inputs.to_float32(value, label, "numbers")
+    batch = batch.reshape(inputs.v2_batch_shape(shape, spec))
     if spec.get("kind") == "image":
-        batch = inputs.check_range(batch, where, spec.get("value_range"))
+        batch = inputs.check_range(batch, label, spec.get("value_range"))
     return batch
 
 
-def _binary_images(elements: list, shape: list[int], spec: dict, runtime, cfg) -> np.ndarray:
+def _binary_images(
+    elements: list, shape: list[int], spec: dict, runtime, cfg, where: str
+) -> np.ndarray:
     """BYTES: one encoded PNG / JPEG file per batch row (the binary twin of base64)."""
     if spec.get("kind") != "image":
         raise InvalidInput(
-            "inputs[0].datatype BYTES is only accepted for image models (PNG or JPEG files); "
-            f"model {runtime.name!r} expects numbers"
+            f"{where}.datatype BYTES is only accepted for image inputs (PNG or JPEG files); "
+            f"input {spec['name']!r} of model {runtime.name!r} expects numbers"
         )
     if len(elements) != shape[0]:
         raise InvalidInput(
-            f"inputs[0] has {len(elements)} BYTES elements for shape {shape}; expected one "
+            f"{where} has {len(elements)} BYTES elements for shape {shape}; expected one "
             "PNG or JPEG file per batch row"
         )
     return np.stack(
         [
             inputs.decode_image_bytes(
-                data, spec["shape"], f"inputs[0] BYTES element {i}", cfg.max_image_pixels
+                data, spec["shape"], f"{where} BYTES element {i}", cfg.max_image_pixels
             )
             for i, data in enumerate(elements)
         ]
