@@ -6,8 +6,14 @@ Fixed sizes (pixels):
   ``rows = ceil(channels / cols)``; each map is scaled (nearest) to ``CELL x CELL`` (64) with a
   ``GAP`` (2) border: width ``cols * 66 + 2``, height ``rows * 66 + 2``. One colour scale for
   the whole layer (min..max of that instance), so weak maps look dark.
-* heat strip (any other layer, flattened to units): one row ``STRIP_HEIGHT`` (32) tall per
-  instance; each unit ``max(1, 512 // units)`` wide, so width ``units * that``.
+* heat strip (a vector per instance, (batch, units)): one row ``STRIP_HEIGHT`` (32) tall per
+  instance; each unit ``max(1, 512 // units)`` wide, so width ``units * that``. More than
+  ``MAX_CELLS`` (4,096) units are averaged into that many bins first.
+* sequence heat map (a 3-D (batch, time, units) layer, one instance: an RNN's hidden states,
+  an embedding, a Conv1D): time down, units across; each step ``max(1, 256 // steps)`` tall,
+  each unit ``max(1, 512 // units)`` wide (more than ``MAX_CELLS`` steps or units are
+  averaged into bins). Any other rank (5-D and up) is drawn the same way with every axis
+  but the last folded into "time".
 * Grad-CAM overlay: ``OVERLAY x OVERLAY`` (224), the input in grey with the heat map blended in
   proportion to its value.
 * attribution bars (tabular): ``BAR_WIDTH`` (480) wide, ``BAR_ROW`` (16) per feature.
@@ -25,6 +31,8 @@ CELL = 64
 GAP = 2
 STRIP_HEIGHT = 32
 STRIP_WIDTH = 512
+SEQUENCE_HEIGHT = 256
+MAX_CELLS = 4096
 OVERLAY = 224
 BAR_WIDTH = 480
 BAR_ROW = 16
@@ -79,21 +87,35 @@ def feature_map_grid(maps: np.ndarray) -> bytes:
     colored = colorize(maps)  # (h, w, c, 3), one scale for the layer
     ys = np.arange(CELL) * h // CELL
     xs = np.arange(CELL) * w // CELL
+    cells = colored[ys][:, xs]  # (CELL, CELL, c, 3)
     for k in range(c):
         r, q = divmod(k, cols)
         top, left = GAP + r * (CELL + GAP), GAP + q * (CELL + GAP)
-        canvas[top : top + CELL, left : left + CELL] = colored[ys][:, xs][:, :, k]
+        canvas[top : top + CELL, left : left + CELL] = cells[:, :, k]
     return to_png(canvas)
 
 
 def strip_size(units: int, rows: int = 1) -> tuple[int, int]:
     """(width, height) of a heat strip of ``units`` for ``rows`` instances."""
+    units = min(units, MAX_CELLS)
     return units * max(1, STRIP_WIDTH // units), rows * STRIP_HEIGHT
+
+
+def _binned(values: np.ndarray, axis: int, limit: int = MAX_CELLS) -> np.ndarray:
+    """``values`` with ``axis`` averaged into at most ``limit`` equal-ish bins."""
+    size = values.shape[axis]
+    if size <= limit:
+        return values
+    edges = np.linspace(0, size, limit + 1).round().astype(int)
+    return np.add.reduceat(values, edges[:-1], axis=axis) / np.diff(edges).reshape(
+        [-1 if a == axis % values.ndim else 1 for a in range(values.ndim)]
+    )
 
 
 def heat_strip(values: np.ndarray) -> bytes:
     """PNG heat strip of ``values`` (rows, units): one row per instance, one cell per unit."""
     values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+    values = _binned(values.reshape(len(values), -1), 1)
     rows, units = values.shape
     cell = max(1, STRIP_WIDTH // units)
     colored = colorize(values)  # (rows, units, 3)
@@ -101,11 +123,44 @@ def heat_strip(values: np.ndarray) -> bytes:
     return to_png(np.ascontiguousarray(img))
 
 
+def sequence_size(steps: int, units: int) -> tuple[int, int]:
+    """(width, height) of the sequence heat map of ``steps`` x ``units`` values."""
+    steps, units = min(steps, MAX_CELLS), min(units, MAX_CELLS)
+    return units * max(1, STRIP_WIDTH // units), steps * max(1, SEQUENCE_HEIGHT // steps)
+
+
+def sequence_heatmap(values: np.ndarray) -> bytes:
+    """PNG heat map of one instance's (time, units) values: time down, units across, one
+    colour scale (min..max of the instance)."""
+    values = np.asarray(values, dtype=np.float64)
+    values = values.reshape(1, -1) if values.ndim < 2 else values
+    values = values.reshape(-1, values.shape[-1])
+    values = _binned(_binned(values, 0), 1)
+    steps, units = values.shape
+    width, height = sequence_size(steps, units)
+    colored = colorize(values)  # (steps, units, 3)
+    img = np.repeat(np.repeat(colored, height // steps, axis=0), width // units, axis=1)
+    return to_png(np.ascontiguousarray(img))
+
+
+def picture_kind(ndim: int) -> str:
+    """Which picture a layer output of ``ndim`` dimensions (batch included) gets."""
+    if ndim == 4:
+        return "grid"
+    if ndim <= 2:
+        return "strip"
+    return "sequence"
+
+
 def layer_picture(values: np.ndarray) -> bytes:
-    """Grid for one instance's 3-D (h, w, c) activations, heat strip for anything else."""
+    """One instance's activations without the batch axis: a grid for (h, w, c), a heat map
+    for (time, units) and higher ranks, a strip for vectors."""
     values = np.asarray(values)
-    if values.ndim == 3:
+    kind = picture_kind(values.ndim + 1)
+    if kind == "grid":
         return feature_map_grid(values)
+    if kind == "sequence":
+        return sequence_heatmap(values)
     return heat_strip(values.reshape(1, -1))
 
 

@@ -356,51 +356,110 @@ def _stat_dicts(mean, std, lo, hi, inactive, l2, units, tops) -> list[dict]:
     ]
 
 
+class UnitAccumulator:
+    """Per-unit reference statistics of one layer, fed batch by batch (N_b, ..., units):
+    count, mean and sum of squared deviations merged with Chan et al.'s parallel update
+    (each batch two-pass in float64), min, max and on how many samples each unit is active.
+    Memory: a few vectors of ``units``, whatever the number of samples."""
+
+    def __init__(self, activation: str | None):
+        self.activation = activation
+        self.samples = 0
+        self.count = 0  # values per unit seen (samples x positions)
+        self.mean = self.m2 = self.lo = self.hi = self.active = None
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values)
+        n = values.shape[0]
+        units = values.shape[-1] if values.ndim > 1 else 1
+        flat = values.reshape(n, -1, units)  # no float64 copy: accumulate in float64 instead
+        if not n:
+            return
+        count = n * flat.shape[1]
+        mean = flat.mean(axis=(0, 1), dtype=np.float64)
+        m2 = np.square(flat - mean, dtype=np.float64).sum(axis=(0, 1))
+        active = (~inactive_mask(flat, self.activation)).any(axis=1).sum(axis=0)
+        lo, hi = flat.min(axis=(0, 1)), flat.max(axis=(0, 1))
+        if self.mean is None:
+            self.mean, self.m2, self.lo, self.hi, self.active = mean, m2, lo, hi, active
+        else:
+            total = self.count + count
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (count / total)
+            self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
+            self.lo, self.hi = np.minimum(self.lo, lo), np.maximum(self.hi, hi)
+            self.active = self.active + active
+        self.samples += n
+        self.count += count
+
+    def result(self) -> dict:
+        if self.mean is None:
+            raise ValueError("no reference values were added")
+        units = len(self.mean)
+        active_fraction = self.active / self.samples
+        dead = np.flatnonzero(active_fraction == 0)
+        return {
+            "samples": int(self.samples),
+            "units": int(units),
+            "inactive_rule": inactive_rule(self.activation),
+            "dead_fraction": _f(len(dead) / units) if units else 0.0,
+            "dead_units": [int(j) for j in dead],
+            "per_unit": {
+                "mean": [_f(v) for v in self.mean],
+                "std": [_f(v) for v in np.sqrt(self.m2 / self.count)],
+                "min": [_f(v) for v in self.lo],
+                "max": [_f(v) for v in self.hi],
+                "active_fraction": [_f(v) for v in active_fraction],
+            },
+        }
+
+
 def reference_unit_stats(values: np.ndarray, activation: str | None) -> dict:
-    """Per-unit statistics of one layer over a reference batch ``values`` (N, ..., units)."""
-    values = np.asarray(values)
-    n = values.shape[0]
-    units = values.shape[-1] if values.ndim > 1 else 1
-    flat = values.reshape(n, -1, units)  # no float64 copy: accumulate in float64 instead
-    active_on_sample = (~inactive_mask(flat, activation)).any(axis=1)  # (N, units)
-    active_fraction = active_on_sample.mean(axis=0)
-    dead = np.flatnonzero(active_fraction == 0)
-    return {
-        "samples": int(n),
-        "units": int(units),
-        "inactive_rule": inactive_rule(activation),
-        "dead_fraction": _f(len(dead) / units),
-        "dead_units": [int(j) for j in dead],
-        "per_unit": {
-            "mean": [_f(v) for v in flat.mean(axis=(0, 1), dtype=np.float64)],
-            "std": [_f(v) for v in flat.std(axis=(0, 1), dtype=np.float64)],
-            "min": [_f(v) for v in flat.min(axis=(0, 1))],
-            "max": [_f(v) for v in flat.max(axis=(0, 1))],
-            "active_fraction": [_f(v) for v in active_fraction],
-        },
-    }
+    """Per-unit statistics of one layer over a reference batch ``values`` (N, ..., units):
+    units are the last axis, every other axis (samples, time steps, positions) is reduced."""
+    acc = UnitAccumulator(activation)
+    acc.add(values)
+    return acc.result()
 
 
 ActivationsFn = Callable[[np.ndarray, Sequence[str]], dict]
 
 
+def batch_rows(x) -> int:
+    """Rows of a batch: an array, or a mapping / list with one array per model input."""
+    if isinstance(x, dict):
+        return len(next(iter(x.values()))) if x else 0
+    if isinstance(x, (list, tuple)):
+        return len(x[0]) if x else 0
+    return len(x)
+
+
+def take_rows(x, start: int, stop: int):
+    """Rows ``start:stop`` of a batch of any of the ``batch_rows`` forms."""
+    if isinstance(x, dict):
+        return {k: v[start:stop] for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [v[start:stop] for v in x]
+    return x[start:stop]
+
+
 def compute_reference_stats(
     activations: ActivationsFn,
-    x: np.ndarray,
+    x,
     layers: Sequence[str],
     activation_of: dict[str, str | None],
     batch_size: int = 64,
 ) -> dict[str, dict]:
-    """Reference statistics of ``layers``: one multi-output pass per batch of ``x``."""
-    chunks: dict[str, list[np.ndarray]] = {name: [] for name in layers}
-    for start in range(0, len(x), batch_size):
-        got = activations(x[start : start + batch_size], list(layers))
+    """Reference statistics of ``layers``: one multi-output pass per batch of ``x`` (an
+    array, or one array per model input), accumulated per unit (``UnitAccumulator``), so
+    the memory held is one batch of activations whatever the sample size."""
+    accumulators = {name: UnitAccumulator(activation_of.get(name)) for name in layers}
+    n = batch_rows(x)
+    for start in range(0, n, batch_size):
+        got = activations(take_rows(x, start, start + batch_size), list(layers))
         for name in layers:
-            chunks[name].append(np.asarray(got[name]))
-    out = {}
-    for name in layers:  # one layer's float copy at a time
-        out[name] = reference_unit_stats(np.concatenate(chunks.pop(name)), activation_of.get(name))
-    return out
+            accumulators[name].add(np.asarray(got[name]))
+    return {name: acc.result() for name, acc in accumulators.items()}
 
 
 class ReferenceStatsCache:
