@@ -281,6 +281,9 @@ def describe(
     stored = stored or {}
     file = file or {}
     overrides = file.get("inputs") or {}
+    stored_inputs = {
+        s["name"]: s for s in stored.get("inputs") or [] if isinstance(s, dict) and "name" in s
+    }
     inputs = []
     for index, (name, shape, dtype) in enumerate(_spec_inputs(model, flat)):
         if dtype not in DTYPES:
@@ -291,11 +294,12 @@ def describe(
             )
         spec: dict[str, Any] = {"name": name, "shape": shape, "dtype": dtype}
         spec["kind"] = input_kind(shape, dtype)
-        if index == 0 and isinstance(stored.get("input"), dict):  # a published version
-            legacy = stored["input"]
-            for key in ("kind", "features", "value_range"):
-                if legacy.get(key) is not None:
-                    spec[key] = legacy[key]
+        recorded = stored_inputs.get(name)  # an imported version records every input
+        if recorded is None and index == 0 and isinstance(stored.get("input"), dict):
+            recorded = stored["input"]  # a published version: its one input
+        for key in ("kind", "features", "value_range"):
+            if (recorded or {}).get(key) is not None:
+                spec[key] = recorded[key]
         extra = overrides.get(name) or {}
         for key in ("kind", "features", "value_range"):
             if extra.get(key) is not None:
@@ -352,11 +356,17 @@ def _outputs(model, flat: Flat | None, stored: dict, file: dict) -> list[dict]:
             for i, s in enumerate(specs)
         ]
     per_output = file.get("outputs") or {}
+    recorded = {  # an imported version records every output's task, classes, threshold
+        o["name"]: o for o in stored.get("outputs") or [] if isinstance(o, dict) and "name" in o
+    }
     outputs = []
     for index, (name, shape, activation) in enumerate(pairs):
         out: dict[str, Any] = {"name": name, "shape": shape, "activation": activation}
         out["task"] = output_task(activation, tuple(shape))
         extra = dict(per_output.get(name) or {})
+        for key in ("task", "class_names", "threshold"):
+            if (recorded.get(name) or {}).get(key) is not None and key not in extra:
+                extra[key] = recorded[name][key]
         if index == 0 and len(pairs) == 1:
             # model-level keys of a published version / the file apply to a sole output
             for key in ("task", "class_names", "threshold"):

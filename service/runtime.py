@@ -296,12 +296,17 @@ class ModelRuntime:
         self.inspector = self.tensorflow if self.flat is not None else None
 
     def _check_published(self, described: dict) -> None:
-        spec = self.metadata["input"]
-        got = described["inputs"][0]["shape"]
-        if len(described["inputs"]) != 1 or list(got) != [int(d) for d in spec["shape"]]:
-            raise LoadError(
-                f"model input shape {got} differs from metadata input.shape {list(spec['shape'])}"
-            )
+        """The model takes what its metadata records: every input of ``inputs`` (an
+        imported multi-input version) or the single legacy ``input``, same shapes."""
+        stored = self.metadata.get("inputs") or [self.metadata["input"]]
+        want = [[None if d is None else int(d) for d in s["shape"]] for s in stored]
+        got = [list(s["shape"]) for s in described["inputs"]]
+        if got != want:
+            if len(want) == 1 and len(got) == 1:
+                raise LoadError(
+                    f"model input shape {got[0]} differs from metadata input.shape {want[0]}"
+                )
+            raise LoadError(f"model input shapes {got} differ from metadata inputs {want}")
 
     def _opaque_layers(self) -> list[dict]:
         """A subclassed model: its inputs and outputs only (no graph to list)."""
