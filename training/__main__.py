@@ -1,7 +1,8 @@
-"""Command line: ``python -m training data | train | sweep | evaluate``.
+"""Command line: ``python -m training data | train | sweep | evaluate | import``.
 
-Exit status: 0 success, 2 invalid config or usage (nothing was trained), 3 data set not
-found, 1 any other failure (no version is published by a failed run).
+Exit status: 0 success, 2 invalid config, options or usage (nothing was trained or
+imported), 3 data set not found, 1 any other failure (no version is published by a failed
+run).
 """
 
 from __future__ import annotations
@@ -166,6 +167,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    from training import import_model as im
+
+    try:
+        options = im.ImportOptions(
+            path=Path(args.path),
+            name=args.name,
+            model_dir=Path(args.model_dir),
+            class_names=im.parse_class_names(args.class_names),
+            threshold=im.parse_threshold(args.threshold),
+            task=im.parse_task(args.task),
+            images=im.parse_images(args.image),
+            features=im.parse_features(args.features),
+            reference=Path(args.reference) if args.reference else None,
+            custom_objects_modules=list(args.custom_objects_module or ()),
+        )
+        im.import_model(options, log=None if args.quiet else _log)
+    except im.InvalidImport as exc:
+        print(f"error: invalid import: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -222,6 +246,37 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("version", help="models/<name>/<version> or models/<name> (newest)")
     common(e, train_like=False)
     e.set_defaults(func=cmd_evaluate)
+
+    i = sub.add_parser(
+        "import",
+        help="publish any Keras 3 model file as the next version of models/NAME",
+        description="Publish PATH (a .keras file) as a complete version: model.keras, "
+        "metadata.json (inputs, outputs, task, classes, layer table, checksums) and a "
+        "reference sample (--reference, else a synthetic one, flagged as such), staged and "
+        "renamed into place atomically. [TARGET=] names an input or output of a model with "
+        "several.",
+    )
+    i.add_argument("path", help="the model file (model.save('model.keras'))")
+    i.add_argument("--name", required=True, help="the model's name in the repository")
+    i.add_argument("--model-dir", default=os.environ.get("LAYERSCOPE_MODEL_REPOSITORY", "models"),
+                   help="the repository root (default $LAYERSCOPE_MODEL_REPOSITORY or models)")
+    i.add_argument("--class-names", action="append", metavar="[OUTPUT=]A,B,...",
+                   help="class names of a classification output")
+    i.add_argument("--threshold", action="append", metavar="[OUTPUT=]T",
+                   help="decision threshold of a binary output, in (0, 1) (default 0.5)")
+    i.add_argument("--task", action="append", metavar="[OUTPUT=]TASK",
+                   help="binary_classification, multiclass_classification or regression "
+                        "(default: derived from the output's activation)")
+    i.add_argument("--image", action="append", metavar="INPUT[:LOW:HIGH]",
+                   help="declare an image input and its value range (default 0:255)")
+    i.add_argument("--features", action="append", metavar="[INPUT=]F1,F2,...",
+                   help="feature names of a tabular input")
+    i.add_argument("--reference", metavar="FILE.npz",
+                   help="reference sample: key x (or one key per input name), optional y")
+    i.add_argument("--custom-objects-module", action="append", metavar="MODULE",
+                   help="import MODULE first (it registers custom layers / models)")
+    i.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    i.set_defaults(func=cmd_import)
     return p
 
 

@@ -1,0 +1,1 @@
+"""A zoo of Keras 3 models none of us wrote, served bare (issue 16's "Show it")."""
