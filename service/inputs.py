@@ -664,8 +664,8 @@ def decode_v2_tensor(
     if datatype == "BYTES":
         if spec.get("kind") != "image":
             raise InvalidInput(
-                f"{where}.datatype BYTES is only accepted for image inputs (base64 PNG or "
-                f"JPEG); input {spec['name']!r} of model {runtime.name!r} expects "
+                f"{where}.datatype BYTES is only accepted for image models (image inputs: "
+                f"base64 PNG or JPEG); input {spec['name']!r} of model {runtime.name!r} expects "
                 f"{v2_datatype(spec)} numbers"
             )
         flat = list(_flatten(data))

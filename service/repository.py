@@ -89,6 +89,18 @@ def _signature(path: Path) -> tuple:
     return tuple(stats)
 
 
+# What the pipeline writes beside model.keras: a folder holding one of these but no
+# metadata.json (written last) is a published version still being written, or broken.
+PUBLISHED_ONLY = ("history.json", "plots")
+
+
+def _bare(vdir: Path) -> bool:
+    """A bare version: a model.keras dropped in by hand, no pipeline files beside it."""
+    return (vdir / "model.keras").is_file() and not any(
+        (vdir / name).exists() for name in PUBLISHED_ONLY
+    )
+
+
 class ModelRepository:
     def __init__(
         self,
@@ -147,7 +159,7 @@ class ModelRepository:
                     continue
                 if not self._inside_root(vdir):
                     continue
-                if not (vdir / "metadata.json").is_file() and not (vdir / "model.keras").is_file():
+                if not (vdir / "metadata.json").is_file() and not _bare(vdir):
                     continue
                 versions[int(vdir.name)] = vdir
             if versions:

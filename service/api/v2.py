@@ -292,7 +292,8 @@ def _binary_images(
     """BYTES: one encoded PNG / JPEG file per batch row (the binary twin of base64)."""
     if spec.get("kind") != "image":
         raise InvalidInput(
-            f"{where}.datatype BYTES is only accepted for image inputs (PNG or JPEG files); "
+            f"{where}.datatype BYTES is only accepted for image models (image inputs: PNG or "
+            "JPEG files); "
             f"input {spec['name']!r} of model {runtime.name!r} expects numbers"
         )
     if len(elements) != shape[0]:

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from service.runtime import KerasRuntime
-from service.serving import PARITY_TOLERANCE, LiteRTRuntime, options_for, runtime_factory
+from service.serving import (
+    PARITY_TOLERANCE,
+    LiteRT,
+    LiteRTRuntime,
+    options_for,
+    runtime_factory,
+)
 from service.settings import load_settings
 
 pytest.importorskip("ai_edge_litert")
@@ -27,7 +33,7 @@ def loaded(perf_repo, model_names):
 
 def test_litert_parity_on_test_split(loaded, splits):
     for name, (tf_rt, lite) in loaded.items():
-        assert lite.backend == "litert", lite.backend_error
+        assert lite.accelerator.backend == "litert", lite.accelerator.backend_error
         x, _ = splits[name]
         assert len(x) >= 50  # the whole held-out split (fraud-small: 90 rows)
         expected = tf_rt.raw_predict(x)
@@ -52,7 +58,7 @@ def test_activations_match_tensorflow(loaded, splits):
         assert list(a) == list(b) == tf_rt.hidden_layer_names
         for layer in a:
             assert float(np.abs(a[layer] - b[layer]).max()) <= PARITY_TOLERANCE, (name, layer)
-        assert lite.describe()["runtime"]["activations"] == lite.activations_backend
+        assert lite.describe()["runtime"]["activations"] == lite.accelerator.activations_backend
         assert lite.describe()["runtime"]["predict"] == "litert"
 
 
@@ -74,13 +80,15 @@ def test_runtime_chosen_per_model(perf_repo, model_names):
         {"runtime": "litert", "serving": {"digits": {"runtime": "keras", "batching": False}}}
     )
     make = runtime_factory(settings)
-    assert type(make(perf_repo / "digits" / "1", _meta(perf_repo, "digits"))) is KerasRuntime
+    assert make(perf_repo / "digits" / "1", _meta(perf_repo, "digits")).accelerator is None
     assert options_for(settings, "digits").batching is False
     assert options_for(settings, "other").runtime == "litert"
     assert options_for(settings, "other").batching == "auto"
     for name in model_names:
         if name != "digits":
-            assert isinstance(make(perf_repo / name / "1", _meta(perf_repo, name)), LiteRTRuntime)
+            assert isinstance(
+                make(perf_repo / name / "1", _meta(perf_repo, name)).accelerator, LiteRT
+            )
 
 
 def test_bad_serving_override_is_rejected():

@@ -13,7 +13,6 @@ import pytest
 
 from service import serving
 from service.errors import LayerNotFound
-from service.runtime import KerasRuntime
 from service.serving import ACTIVATION_TOLERANCE, PARITY_TOLERANCE, LiteRTRuntime, activation_scale
 
 pytest.importorskip("ai_edge_litert")
@@ -55,7 +54,12 @@ def test_every_layer_matches_keras(lite, splits):
         for layer in rt.layer_names:
             assert got[layer].dtype == np.float32 and got[layer].shape == expected[layer].shape
             diff = float(np.abs(got[layer] - expected[layer]).max())
-            assert close(got[layer], expected[layer]), (name, layer, diff, rt.activations_backend)
+            assert close(got[layer], expected[layer]), (
+                name,
+                layer,
+                diff,
+                rt.accelerator.activations_backend,
+            )
 
 
 def test_backend_is_reported_honestly(lite, splits, monkeypatch):
@@ -70,14 +74,14 @@ def test_backend_is_reported_honestly(lite, splits, monkeypatch):
             assert info["litert_activations_delegate"] in serving.DELEGATES
             assert 0 <= info["litert_activations_parity_max_abs_diff"] <= ACTIVATION_TOLERANCE
             assert info["litert_activations_tolerance"] == "1e-05"  # the default: absolute
-            monkeypatch.setattr(rt, "_all_call", _no_tensorflow)
+            monkeypatch.setattr(rt.tensorflow, "_all_call", _no_tensorflow)
             rt.activations(x, layers)
             monkeypatch.undo()
         else:
             assert info["activations"] == "tensorflow"
             assert info["litert_activations_delegate"] is None
             assert "tolerance" in info["litert_activations_error"], info
-            reference = KerasRuntime.activations(rt, x, layers)
+            reference = rt.tensorflow.run([x], layers)
             for layer, values in rt.activations(x, layers).items():
                 np.testing.assert_array_equal(values, reference[layer])
 
@@ -112,7 +116,7 @@ def test_layers_of_one_tensor_are_copied_out_once(lite, splits, monkeypatch):
     batch still gets one whole array per name."""
     checked = 0
     for name, rt in _litert(lite).items():
-        index = rt._acts.index
+        index = rt.accelerator.inspector.pool.index
         dropouts = [d.name for d in rt.model.layers if type(d).__name__ == "Dropout"]
         x = splits[name][0][:3]
         got = rt.activations(x, rt.layer_names)
@@ -121,7 +125,7 @@ def test_layers_of_one_tensor_are_copied_out_once(lite, splits, monkeypatch):
             assert same, (name, layer)  # the layer before: one tensor
             assert all(got[n] is got[layer] for n in same)
             checked += 1
-        monkeypatch.setattr(rt._acts, "max_rows", 1)  # one row per invoke
+        monkeypatch.setattr(rt.accelerator.inspector.pool, "max_rows", 1)  # one row per invoke
         chunked = rt.activations(x, rt.layer_names)
         for layer in rt.layer_names:  # batches of 1 vs 3: same tolerance as against Keras
             assert chunked[layer].shape == got[layer].shape
@@ -164,9 +168,9 @@ def test_big_batches_are_chunked(perf_repo, model_names, splits, monkeypatch):
     for name in model_names:
         rt = LiteRTRuntime(perf_repo / name / "1")
         rt.load()
-        if rt.activations_backend != "litert":
+        if rt.accelerator.activations_backend != "litert":
             continue
-        assert rt._acts.max_rows == 1
+        assert rt.accelerator.inspector.pool.max_rows == 1
         x = splits[name][0][:9]
         got = rt.activations(x, rt.layer_names)
         expected = keras_layer_outputs(rt, x)
@@ -191,7 +195,7 @@ def test_failed_parity_falls_back_to_tensorflow(perf_repo, model_names, splits, 
 
 
 def _litert(lite: dict[str, LiteRTRuntime]) -> dict[str, LiteRTRuntime]:
-    return {n: rt for n, rt in lite.items() if rt.activations_backend == "litert"}
+    return {n: rt for n, rt in lite.items() if rt.accelerator.activations_backend == "litert"}
 
 
 def _no_tensorflow(*args, **kwargs):
@@ -234,9 +238,9 @@ def test_the_gate_holds_the_scaled_difference(perf_repo, model_names, monkeypatc
     for name in model_names:
         rt = LiteRTRuntime(perf_repo / name / "1", activation_parity="layer-scaled")
         rt.load()
-        scaled = rt.activations_parity_scaled
-        absolute = rt.activations_parity
-        if rt.activations_backend != "litert" or not scaled < absolute:
+        scaled = rt.accelerator.activations_parity_scaled
+        absolute = rt.accelerator.activations_parity
+        if rt.accelerator.activations_backend != "litert" or not scaled < absolute:
             continue
         monkeypatch.setattr(serving, "ACTIVATION_TOLERANCE", (scaled + absolute) / 2)
         again = LiteRTRuntime(perf_repo / name / "1", activation_parity="layer-scaled")
@@ -244,8 +248,10 @@ def test_the_gate_holds_the_scaled_difference(perf_repo, model_names, monkeypatc
         strict = LiteRTRuntime(perf_repo / name / "1", activation_parity="absolute")
         strict.load()
         monkeypatch.undo()
-        assert again.activations_backend == "litert", again.activations_error
-        assert strict.activations_backend == "tensorflow"
+        assert again.accelerator.activations_backend == "litert", (
+            again.accelerator.activations_error
+        )
+        assert strict.accelerator.activations_backend == "tensorflow"
         info = strict.describe()["runtime"]
         assert info["litert_activations_tolerance"] == "1e-05"
         assert f"(tolerance {(scaled + absolute) / 2:g}): " in info["litert_activations_error"]
@@ -265,10 +271,10 @@ def test_activation_parity_setting_reaches_the_runtime(perf_repo):
 
     meta = read_metadata(perf_repo / "digits" / "1")
     settings = load_settings({"serving": {"digits": {"activation_parity": "layer-scaled"}}})
-    assert runtime_factory(settings)(perf_repo / "digits" / "1", meta).activation_parity == (
-        "layer-scaled"
-    )
+    assert runtime_factory(settings)(
+        perf_repo / "digits" / "1", meta
+    ).accelerator.activation_parity == ("layer-scaled")
     default = runtime_factory(load_settings())(perf_repo / "digits" / "1", meta)
-    assert default.activation_parity == "absolute"
+    assert default.accelerator.activation_parity == "absolute"
     with pytest.raises(ValueError, match="Received: activation_parity='relative'"):
         LiteRTRuntime(perf_repo / "digits" / "1", activation_parity="relative")

@@ -163,8 +163,8 @@ def test_runtime_activations_equal_keras_and_are_one_pass(repo):
     # built once: different batch sizes do not retrace
     runtime.activations(svc_factory.image_samples(5), ["dense_1"])
     runtime.predict(svc_factory.image_samples(7))
-    assert runtime._all_fn.experimental_get_tracing_count() == 1
-    assert runtime._predict_fn.experimental_get_tracing_count() == 1
+    assert runtime.tensorflow._all_fn.experimental_get_tracing_count() == 1
+    assert runtime.tensorflow._predict_fn.experimental_get_tracing_count() == 1
 
 
 def test_runtime_binary_predict_two_columns_and_thread_safe(repo):
