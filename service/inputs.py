@@ -483,7 +483,11 @@ def to_integers(value: Any, where: str, spec: dict) -> np.ndarray:
                 f"{path} is {_preview(item)} ({_type_name(item)}); expected an integer id "
                 f"({spec['dtype']})"
             )
-        raise InvalidInput(f"{where} is not {shape_text(spec)}; got {describe_shape(value)}")
+        pad = "; pad every instance to one length" if None in spec["shape"] else ""
+        raise InvalidInput(
+            f"{where} is not {shape_text(spec)} for input {spec['name']!r}; got "
+            f"{describe_shape(value)}{pad}"
+        )
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise InvalidInput(
             f"{where} has values in [{arr.min()}, {arr.max()}]; input {spec['name']!r} takes "
