@@ -178,6 +178,35 @@ LAYER_REFERENCE_INACTIVE = Gauge(
     multiprocess_mode="livemax",
 )
 
+# -- connections (service/workers.py, docs/reliability.md) -----------------------------------
+CONNECTIONS_CLOSED = Counter(
+    "layerscope_connections_closed",
+    "Connections the server closed at one of its limits, by reason: header_timeout, "
+    "body_timeout, max_connections, buffer_full (keepalive_timeout: an idle keep-alive "
+    "connection, the normal end of one).",
+    ["reason"],
+)
+CONNECTIONS_OPEN = Gauge(
+    "layerscope_connections_open",
+    "Open client connections, summed over live workers (refreshed every 0.5 s).",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS_READING = Gauge(
+    "layerscope_connections_reading",
+    "Connections whose request is still being read (no thread holds them), summed over "
+    "live workers (refreshed every 0.5 s).",
+    multiprocess_mode="livesum",
+)
+
+# -- gRPC (service/grpc, docs/grpc.md) --------------------------------------------------------
+# Each call also counts in layerscope_requests / _request_duration_seconds (endpoint: the
+# gRPC method path, method "GRPC", code: the HTTP status of the same error over REST).
+GRPC_REQUESTS = Counter(
+    "layerscope_grpc_requests",
+    "gRPC calls answered, by model, version served, gRPC method path and status code name.",
+    ["model", "version", "method", "code"],
+)
+
 # -- per-worker bookkeeping ---------------------------------------------------------------
 _known_models: set[str] = set()
 _loaded_versions: dict[str, dict[str, str]] = {}  # model -> version -> task
@@ -362,9 +391,11 @@ class _RuntimeMetrics:
     def __init__(self, runtime):
         model, version = str(runtime.name), str(runtime.version)
         self.model, self.version = model, version
-        self.names = [str(c) for c in runtime.metadata.get("class_names") or []]
-        self.binary = runtime.metadata.get("task") == "binary_classification"
-        threshold = runtime.metadata.get("threshold")
+        task = runtime.task
+        self.names = [str(c) for c in runtime.class_names or []]
+        self.binary = task == "binary_classification"
+        self.classes = task in ("binary_classification", "multiclass_classification")
+        threshold = runtime.threshold
         self.threshold = 0.5 if threshold is None else float(threshold)
         self.duration = {
             op: child(COMPUTE_DURATION, model, version, op) for op in ("predict", "activations")
@@ -437,13 +468,27 @@ def observe_predict(
         _observe_outputs(runtime, np.asarray(raw, dtype=np.float32))
         every = _config["sample_every"]
         if every and next(_calls) % every == 0 and _sample_due(_runtime_metrics(runtime)):
-            sample_activations(runtime, x[: _config["sample_rows"]], layers)
+            sample_activations(runtime, _head(x, _config["sample_rows"]), layers)
     except Exception:
         log.exception("prediction metrics failed")
 
 
+def _head(x, rows: int):
+    """The first ``rows`` of a batch (an array or ``{input name: array}``)."""
+    if isinstance(x, dict):
+        return {k: v[:rows] for k, v in x.items()}
+    return x[:rows]
+
+
+def _rows(x) -> int:
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
 def _observe_outputs(runtime, raw: np.ndarray) -> None:
+    """Predictions by class (classification outputs only: a regression has no classes)."""
     m = _runtime_metrics(runtime)
+    if not m.classes:
+        return
     if m.binary:
         p = raw[:, -1] if raw.ndim == 2 else raw.reshape(-1)
         if len(p) == 1:  # the common single-row request, without numpy reductions
@@ -523,9 +568,9 @@ def sample_activations(
     """Feed the drift summaries from the hidden layers (one multi-output pass if the
     request did not compute them all already)."""
     hidden = list(getattr(runtime, "hidden_layer_names", []) or [])
-    if not hidden or len(x) == 0:
+    if not hidden or _rows(x) == 0 or getattr(runtime, "inspector", True) is None:
         return
-    rows = len(x)
+    rows = _rows(x)
     if computed and all(name in computed for name in hidden):
         acts = {name: computed[name][:rows] for name in hidden}
     else:
@@ -554,7 +599,7 @@ def _unmetered_activations(runtime, x, layers):
 def model_loaded(runtime) -> None:
     """A version is loaded and warm in this worker; reference activation summary too."""
     model, version = str(runtime.name), str(runtime.version)
-    task = str(runtime.metadata.get("task", ""))
+    task = str(runtime.metadata.get("task") or runtime.task)
     with _lock:
         _known_models.add(model)
         _loaded_versions.setdefault(model, {})[version] = task
@@ -583,13 +628,12 @@ def _reference_summary_logged(runtime) -> None:
 
 
 def _reference_summary(runtime) -> None:
-    path = getattr(runtime, "path", None)
     layers = list(getattr(runtime, "hidden_layer_names", []) or [])
-    if path is None or not layers or not (path / "reference.npz").is_file():
+    if not layers or runtime.inspector is None or runtime.reference_path() is None:
         return
-    with np.load(path / "reference.npz", allow_pickle=False) as data:
-        x = np.asarray(data["x"][:256], dtype=np.float32)
-    acts = _unmetered_activations(runtime, x, layers)
+    xs, _ = runtime.read_reference()
+    x = _head({s["name"]: a for s, a in zip(runtime.inputs, xs, strict=True)}, 256)
+    acts = _unmetered_activations(runtime, x if len(x) > 1 else next(iter(x.values())), layers)
     model, version = str(runtime.name), str(runtime.version)
     for layer, values in acts.items():
         means, inactive = layer_summary(values)

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_activation_values: int = Field(2_000_000, ge=1)
     max_image_pixels: int = Field(4096 * 4096, ge=1)
+    # Versions over these are reported in GET /models and not loaded (0 = no limit).
+    max_model_bytes: int = Field(2 * 1024**3, ge=0)
+    max_model_params: int = Field(200_000_000, ge=0)
+    # Modules imported in each worker before models load: they register the custom layers
+    # and models (keras.saving.register_keras_serializable) that safe_mode may then load.
+    custom_objects_modules: list[str] = Field(default_factory=list)
     log_level: str = "info"
     activation_sample_every: int = Field(20, ge=0)  # 1 model call in N feeds drift metrics
     activation_sample_interval: float = Field(1.0, ge=0)  # ... at most once per N s (0: any)
@@ -86,6 +92,38 @@ class Settings(BaseSettings):
     batch_max_delay_ms: float = Field(0.0, ge=0, le=1000)  # 0: batch what is already queued
     batch_queue_size: int = Field(256, ge=1)  # waiting requests per model; then 503
     serving: dict[str, ServingOverride] = Field(default_factory=dict)
+    # Slow clients (docs/reliability.md): each worker's main loop reads request heads and
+    # bodies (service/workers.py); its threads only ever get complete requests.
+    header_timeout: float = Field(10.0, gt=0)  # s for a whole request head, then 408
+    body_timeout: float = Field(10.0, gt=0)  # s for a body, plus its length / body_min_rate
+    body_min_rate: int = Field(65536, ge=1)  # bytes/s a body's length adds to its deadline
+    keepalive_timeout: int = Field(5, ge=0)  # s an idle keep-alive connection stays open
+    max_connections: int = Field(1000, ge=1)  # open connections per worker; 503 beyond
+    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1)  # unfinished requests, per worker
+    # gRPC (docs/grpc.md): the Open Inference Protocol's GRPCInferenceService and TF
+    # Serving's PredictionService / ModelService on one port, served inside every Gunicorn
+    # worker (SO_REUSEPORT: the kernel spreads connections over the workers); 0 = off.
+    grpc_port: int = Field(8001, ge=0, le=65535)
+    grpc_threads: int = Field(0, ge=0)  # handler threads per worker; 0 = LAYERSCOPE_THREADS
+    grpc_max_concurrent_rpcs: int = Field(256, ge=1)  # per worker; RESOURCE_EXHAUSTED beyond
+    grpc_max_concurrent_streams: int = Field(100, ge=1)  # HTTP/2 streams per connection
+    grpc_keepalive_time: float = Field(60.0, gt=0)  # s between the server's keep-alive pings
+    grpc_keepalive_timeout: float = Field(20.0, gt=0)  # s a ping may go unanswered: closed
+    grpc_min_ping_interval: float = Field(10.0, ge=0)  # s a client's pings must leave apart
+    grpc_max_connection_idle: float = Field(300.0, ge=0)  # s without calls: GOAWAY (0 = off)
+    grpc_max_connection_age: float = Field(600.0, ge=0)  # s, then GOAWAY (0 = no limit)
+    grpc_max_connection_age_grace: float = Field(30.0, ge=0)  # s for its calls to finish
+    grpc_handshake_timeout: float = Field(10.0, gt=0)  # s for a new connection's handshake
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> Settings:
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ValueError(
+                "max_buffered_bytes must be at least max_body_bytes, or no body of the "
+                f"largest allowed size could ever be read. Received: max_buffered_bytes="
+                f"{self.max_buffered_bytes}, max_body_bytes={self.max_body_bytes}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _derive_threads(self) -> Settings:
