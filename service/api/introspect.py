@@ -337,8 +337,21 @@ def samples(name: str, version: int | None):
     runtime = _inspectable(name, version)
     n = _int_option(request.args.to_dict(), "n", 8, 1, MAX_SAMPLES)
     offset = _int_option(request.args.to_dict(), "offset", 0, 0, 1 << 30)
-    x, y = _reference(runtime)
     single = len(runtime.inputs) == 1
+    try:
+        x, y = _reference(runtime)
+    except LayerscopeError as exc:  # nothing to list: an empty listing that says why
+        return jsonify(
+            {
+                "model": runtime.name,
+                "version": runtime.version,
+                "total": 0,
+                "input": runtime.inputs[0] if single else None,
+                "inputs": runtime.inputs,
+                "samples": [],
+                "reason": exc.message,
+            }
+        )
     columns = {runtime.inputs[0]["name"]: x} if single else x
     total = _rows(x)
     out = []

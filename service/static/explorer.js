@@ -1,11 +1,16 @@
 // Layerscope explorer: vanilla JS + canvas, no external resources.
-// Talks to the introspection API: /models, /models/{m}/layers, /samples, /activations, /explain.
+// Talks to the API: /models, /models/{m} (inputs, outputs, layer table), /samples,
+// /activations (statistics of every layer, one forward pass), /layers/{l}/picture.png
+// (one picture per layer) and /explain. Input forms are generated from the input spec:
+// a drawing canvas + upload per image input, a token box per integer sequence, a feature
+// table per tabular input, a JSON box for any other tensor; one form per input.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
 const HOT = [[0, 0, 0], [180, 0, 0], [255, 120, 0], [255, 230, 0], [255, 255, 255]];
-const state = { model: null, meta: null, samples: [], runId: 0 };
+const PICTURE_CONCURRENCY = 4;
+const MAX_IG_VALUES = 4000000; // the server's cap on instances x (steps + 1) x path values
+const state = { model: null, meta: null, samples: [], forms: [], runId: 0 };
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -17,7 +22,7 @@ function setStatus(text, isError) {
 // once and keep it for this tab only (sessionStorage), sent as a bearer token.
 const TOKEN_KEY = "layerscope-introspection-token";
 
-async function api(path, body, retried) {
+async function request(path, body, retried) {
   const token = sessionStorage.getItem(TOKEN_KEY);
   const headers = token ? { Authorization: `Bearer ${token}` } : {};
   const opts = body === undefined ? { headers } : {
@@ -29,12 +34,26 @@ async function api(path, body, retried) {
     const entered = window.prompt("This server protects introspection with a token:");
     if (entered) {
       sessionStorage.setItem(TOKEN_KEY, entered);
-      return api(path, body, true);
+      return request(path, body, true);
     }
   }
+  return resp;
+}
+
+async function api(path, body) {
+  const resp = await request(path, body);
   const data = await resp.json().catch(() => ({}));
   if (!resp.ok) throw new Error(data.error || `${resp.status} ${resp.statusText}`);
   return data;
+}
+
+async function png(path, body) {
+  const resp = await request(path, body);
+  if (!resp.ok) {
+    const data = await resp.json().catch(() => ({}));
+    throw new Error(data.error || `${resp.status} ${resp.statusText}`);
+  }
+  return createImageBitmap(await resp.blob());
 }
 
 function colour(t, palette) {
@@ -56,116 +75,412 @@ function range(flat) {
   return [lo, hi];
 }
 
-// ---------------------------------------------------------------- layer drawings
-function drawFeatureGrid(canvas, values, shape) {
-  const [h, w, c] = shape;
-  const cols = Math.ceil(Math.sqrt(c)), rows = Math.ceil(c / cols);
-  const scale = Math.max(1, Math.round(48 / Math.max(h, w))), gap = 2;
-  const cw = w * scale, ch = h * scale;
-  canvas.width = cols * (cw + gap) + gap;
-  canvas.height = rows * (ch + gap) + gap;
-  const ctx = canvas.getContext("2d");
-  ctx.fillStyle = "#282828";
-  ctx.fillRect(0, 0, canvas.width, canvas.height);
-  const [lo, hi] = range(flatten(values));
-  const span = hi > lo ? hi - lo : 1;
-  const img = ctx.createImageData(canvas.width, canvas.height);
-  img.data.set(ctx.getImageData(0, 0, canvas.width, canvas.height).data);
-  for (let k = 0; k < c; k++) {
-    const ox = gap + (k % cols) * (cw + gap), oy = gap + Math.floor(k / cols) * (ch + gap);
-    for (let y = 0; y < ch; y++) {
-      const row = values[Math.floor(y / scale)];
-      for (let x = 0; x < cw; x++) {
-        const [r, g, b] = colour((row[Math.floor(x / scale)][k] - lo) / span, VIRIDIS);
-        const p = ((oy + y) * canvas.width + ox + x) * 4;
-        img.data[p] = r; img.data[p + 1] = g; img.data[p + 2] = b; img.data[p + 3] = 255;
-      }
-    }
-  }
-  ctx.putImageData(img, 0, 0);
-}
-
-function drawStrip(canvas, flat) {
-  const n = flat.length;
-  const cell = Math.max(1, Math.floor(720 / n));
-  canvas.width = n * cell;
-  canvas.height = 28;
-  const ctx = canvas.getContext("2d");
-  const [lo, hi] = range(flat);
-  const span = hi > lo ? hi - lo : 1;
-  flat.forEach((v, i) => {
-    const [r, g, b] = colour((v - lo) / span, VIRIDIS);
-    ctx.fillStyle = `rgb(${r},${g},${b})`;
-    ctx.fillRect(i * cell, 0, cell, canvas.height);
-  });
-}
-
 function fmt(v) {
   if (v === null || v === undefined) return "–";
+  if (typeof v !== "number") return String(v);
   const a = Math.abs(v);
   return a !== 0 && (a < 1e-3 || a >= 1e4) ? v.toExponential(2) : v.toFixed(3);
 }
 
-function renderLayers(resp, table) {
-  const host = $("layers");
-  host.textContent = "";
-  const inst = resp.instances[0];
-  for (const name of resp.layers) {
-    const info = table[name] || {};
-    const layer = inst.layers[name];
-    const card = document.createElement("div");
-    card.className = "layer";
-    card.dataset.layer = name;
-    const head = document.createElement("div");
-    head.className = "layer-head";
-    head.textContent = name;
-    const small = document.createElement("small");
-    const extra = info.activation ? ` · ${info.activation}` : "";
-    small.textContent = `${info.type || ""} · [${layer.shape.join("×")}]${extra}`;
-    head.appendChild(small);
-    const s = layer.stats;
-    const st = document.createElement("div");
-    st.className = "layer-stats";
-    const top = s.top_k.map((t) => `#${t.unit}=${fmt(t.value)}`).join(" ");
-    st.textContent = `mean ${fmt(s.mean)} · std ${fmt(s.std)} · min ${fmt(s.min)} · `
-      + `max ${fmt(s.max)} · inactive ${(100 * s.inactive_fraction).toFixed(1)}% · `
-      + `L2 ${fmt(s.l2_norm)} · top ${top}`;
-    const canvas = document.createElement("canvas");
-    if (layer.shape.length === 3) drawFeatureGrid(canvas, layer.values, layer.shape);
-    else drawStrip(canvas, flatten(layer.values));
-    card.append(head, st, canvas);
-    host.appendChild(card);
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") node.textContent = v;
+    else if (k === "className") node.className = v;
+    else node.setAttribute(k, v);
   }
+  node.append(...children);
+  return node;
+}
+
+const isFloat = (spec) => spec.dtype.startsWith("float") || spec.dtype.startsWith("bfloat");
+const shapeText = (shape) => `[${shape.map((d) => (d === null ? "?" : d)).join("×")}]`;
+
+// ---------------------------------------------------------------- input forms
+function imageForm(spec, index) {
+  const suffix = index === 0 ? "" : `-${index}`;
+  const canvas = el("canvas", { id: `draw${suffix}`, className: "draw", width: 280, height: 280 });
+  const ctx = canvas.getContext("2d");
+  const clear = () => {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 20;
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+  };
+  clear();
+  let down = false;
+  const pos = (ev) => {
+    const r = canvas.getBoundingClientRect();
+    return [(ev.clientX - r.left) * canvas.width / r.width,
+      (ev.clientY - r.top) * canvas.height / r.height];
+  };
+  canvas.addEventListener("pointerdown", (ev) => {
+    down = true;
+    const [x, y] = pos(ev);
+    ctx.beginPath(); ctx.moveTo(x, y); ctx.lineTo(x + 0.1, y); ctx.stroke();
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (!down) return;
+    const [x, y] = pos(ev);
+    ctx.lineTo(x, y); ctx.stroke();
+  });
+  const end = () => { if (down) { down = false; run(); } };
+  canvas.addEventListener("pointerup", end);
+  canvas.addEventListener("pointerleave", end);
+  const clearButton = el("button", { id: `clear${suffix}`, type: "button", text: "Clear" });
+  clearButton.addEventListener("click", () => { clear(); markSample(-1); });
+  const upload = el("input", { type: "file", id: `upload${suffix}`, accept: "image/*" });
+  upload.addEventListener("change", async (ev) => {
+    const file = ev.target.files[0];
+    if (!file) return;
+    try {
+      const bitmap = await createImageBitmap(file);
+      clear();
+      ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+      markSample(-1);
+      run();
+    } catch (err) {
+      setStatus(`could not read ${file.name}: ${err.message}`, true);
+    }
+  });
+  const [lo, hi] = spec.value_range || [0, 255];
+  const body = el("div", {},
+    el("p", { className: "hint", text: "Draw with the mouse (white on black), upload an image, or pick a sample." }),
+    canvas,
+    el("div", { className: "row" }, clearButton,
+      el("label", { className: "upload" }, "Upload image ", upload)));
+  return {
+    body,
+    read() {
+      const [h, w, c] = spec.shape;
+      const small = document.createElement("canvas");
+      small.width = w; small.height = h;
+      const sctx = small.getContext("2d");
+      sctx.imageSmoothingEnabled = true;
+      sctx.imageSmoothingQuality = "high";
+      sctx.drawImage(canvas, 0, 0, w, h);
+      const data = sctx.getImageData(0, 0, w, h).data;
+      const scale = (v) => lo + (v / 255) * (hi - lo);
+      const rows = [];
+      for (let y = 0; y < h; y++) {
+        const row = [];
+        for (let x = 0; x < w; x++) {
+          const p = (y * w + x) * 4;
+          if (c === 3) row.push([scale(data[p]), scale(data[p + 1]), scale(data[p + 2])]);
+          else row.push([scale(Math.round(0.299 * data[p] + 0.587 * data[p + 1] + 0.114 * data[p + 2]))]);
+        }
+        rows.push(row);
+      }
+      return rows;
+    },
+    fill(pixels) { pixelsToCanvas(canvas, pixels, spec); },
+  };
+}
+
+function pixelsToCanvas(canvas, pixels, spec) {
+  const [h, w] = spec.shape;
+  const small = document.createElement("canvas");
+  small.width = w; small.height = h;
+  const flat = flatten(pixels);
+  const ch = flat.length / (h * w);
+  const [lo, hi] = spec.value_range || range(flat);
+  const span = hi > lo ? hi - lo : 1;
+  const img = small.getContext("2d").createImageData(w, h);
+  for (let i = 0; i < h * w; i++) {
+    for (let k = 0; k < 3; k++) {
+      img.data[i * 4 + k] = Math.round(255 * (flat[i * ch + (ch === 3 ? k : 0)] - lo) / span);
+    }
+    img.data[i * 4 + 3] = 255;
+  }
+  small.getContext("2d").putImageData(img, 0, 0);
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;
+  ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
+}
+
+function tokenForm(spec, index) {
+  const fixed = spec.shape[0];
+  const box = el("textarea", {
+    id: `tokens-${index}`, className: "tokens", rows: 3, name: spec.name,
+    placeholder: "token ids, e.g. 12, 5, 33", "aria-label": `${spec.name} token ids`,
+  });
+  box.value = Array.from({ length: fixed || 4 }, () => 1).join(", ");
+  box.addEventListener("change", run);
+  const hint = fixed ? `exactly ${fixed} integer ids` : "any number of integer ids";
+  return {
+    body: el("div", {}, el("p", { className: "hint", text: `Comma or space separated; ${hint}.` }), box),
+    read() {
+      const parts = box.value.split(/[\s,]+/).filter(Boolean);
+      const ids = parts.map((p) => {
+        const v = Number(p);
+        if (!Number.isInteger(v)) throw new Error(`input ${spec.name}: "${p}" is not an integer token id`);
+        return v;
+      });
+      if (!ids.length) throw new Error(`input ${spec.name}: enter at least one token id`);
+      if (fixed && ids.length !== fixed) {
+        throw new Error(`input ${spec.name}: ${ids.length} token ids; the model takes exactly ${fixed}`);
+      }
+      return ids;
+    },
+    fill(value) { box.value = flatten(value).join(", "); },
+  };
+}
+
+function tabularForm(spec, index, single) {
+  const table = el("table", { id: single ? "features" : `features-${index}`, className: "features" });
+  const fields = spec.features.map((name) => {
+    const input = el("input", { type: "number", step: "any", name, value: "0" });
+    input.addEventListener("change", run);
+    table.appendChild(el("tr", {}, el("td", { text: name }), el("td", {}, input)));
+    return input;
+  });
+  return {
+    body: el("div", {}, el("p", { className: "hint", text: "Edit any feature; the model reruns on change." }), table),
+    read() {
+      const out = {};
+      for (const f of fields) out[f.name] = Number(f.value);
+      return out;
+    },
+    fill(values) {
+      const flat = Array.isArray(values) ? flatten(values) : spec.features.map((f) => values[f]);
+      fields.forEach((f, i) => { f.value = String(Number(Number(flat[i]).toPrecision(6))); });
+    },
+  };
+}
+
+function zerosOf(shape, integer) {
+  if (!shape.length) return integer ? 0 : 0.0;
+  return Array.from({ length: shape[0] === null ? 2 : shape[0] }, () => zerosOf(shape.slice(1), integer));
+}
+
+function tensorForm(spec, index) {
+  const box = el("textarea", {
+    id: `tensor-${index}`, className: "tensor", rows: 6, name: spec.name,
+    "aria-label": `${spec.name} as JSON`,
+  });
+  box.value = JSON.stringify(zerosOf(spec.shape, !isFloat(spec)));
+  box.addEventListener("change", run);
+  return {
+    body: el("div", {}, el("p", { className: "hint", text: `JSON array of shape ${shapeText(spec.shape)} (${spec.dtype}).` }), box),
+    read() {
+      try { return JSON.parse(box.value); } catch (err) {
+        throw new Error(`input ${spec.name}: not valid JSON (${err.message})`);
+      }
+    },
+    fill(value) { box.value = JSON.stringify(value); },
+  };
+}
+
+function buildForms(meta) {
+  const host = $("inputs");
+  host.textContent = "";
+  const single = meta.inputs.length === 1;
+  state.forms = meta.inputs.map((spec, i) => {
+    const kind = spec.kind;
+    let form;
+    if (kind === "image") form = imageForm(spec, i);
+    else if (kind === "sequence" && !isFloat(spec)) form = tokenForm(spec, i);
+    else if (kind === "tabular" && spec.features) form = tabularForm(spec, i, single);
+    else form = tensorForm(spec, i);
+    const box = el("fieldset", { className: "input-form", "data-input": spec.name, "data-kind": kind },
+      el("legend", { text: `${spec.name} · ${kind} ${shapeText(spec.shape)} ${spec.dtype}` }),
+      form.body);
+    host.appendChild(box);
+    return { spec, ...form };
+  });
+}
+
+function instance() {
+  const values = state.forms.map((f) => f.read());
+  if (values.length === 1) return values[0];
+  return Object.fromEntries(state.forms.map((f, i) => [f.spec.name, values[i]]));
+}
+
+function inputValue(inst, name) {
+  return state.forms.length === 1 ? inst : inst[name];
+}
+
+// ---------------------------------------------------------------- samples
+function markSample(index) {
+  document.querySelectorAll("#samples canvas").forEach((c, i) => {
+    c.classList.toggle("active", i === index);
+  });
+}
+
+function singleImage() {
+  return state.meta.inputs.length === 1 && state.meta.inputs[0].kind === "image";
+}
+
+function showSamples() {
+  const image = singleImage();
+  $("image-samples").hidden = !image || !state.samples.length;
+  $("sample-picker").hidden = image || !state.samples.length;
+  const host = $("samples");
+  host.textContent = "";
+  const select = $("sample-select");
+  select.textContent = "";
+  if (image) {
+    const spec = state.meta.inputs[0];
+    const [h, w] = spec.shape;
+    state.samples.forEach((s, i) => {
+      const c = el("canvas", { width: w, height: h });
+      c.title = `reference sample ${s.index}` + (s.label ? ` (${s.label})` : "");
+      pixelsToCanvas(c, s.instance, spec);
+      c.addEventListener("click", () => pickSample(i));
+      host.appendChild(el("figure", {}, c, el("figcaption", { text: s.label || `#${s.index}` })));
+    });
+    return;
+  }
+  state.samples.forEach((s, i) => {
+    const extra = s.label ? ` (${s.label})` : s.target !== undefined ? ` (target ${fmt(flatten([s.target])[0])})` : "";
+    select.appendChild(el("option", { value: String(i), text: `#${s.index}${extra}` }));
+  });
+  select.onchange = () => pickSample(Number(select.value));
+}
+
+function pickSample(i) {
+  const s = state.samples[i];
+  state.forms.forEach((f) => f.fill(inputValue(s.instance, f.spec.name)));
+  markSample(i);
+  run();
+}
+
+// ---------------------------------------------------------------- predictions
+function renderClasses(host, pred) {
+  host.appendChild(el("div", { className: "pred-label", text: `${pred.label} (${(100 * pred.score).toFixed(1)}%)` }));
+  if (pred.threshold !== undefined) {
+    host.appendChild(el("div", { className: "hint", text: `decision at threshold ${pred.threshold.toFixed(3)}` }));
+  }
+  let entries = Object.entries(pred.probabilities);
+  if (entries.length > 10) {
+    entries = entries.sort((a, b) => b[1] - a[1]).slice(0, 10);
+    host.appendChild(el("div", { className: "hint", text: "top 10 classes" }));
+  }
+  for (const [cls, p] of entries) {
+    const fill = el("span");
+    fill.style.width = `${(100 * p).toFixed(1)}%`;
+    host.appendChild(el("div", { className: "prob" + (cls === pred.label ? " top" : "") },
+      el("span", { text: cls }), el("div", { className: "bar" }, fill),
+      el("span", { text: `${(100 * p).toFixed(1)}%` })));
+  }
+}
+
+function renderValue(host, pred) {
+  const values = flatten([pred.value]);
+  const shown = values.slice(0, 16).map(fmt).join(", ") + (values.length > 16 ? ", …" : "");
+  host.appendChild(el("div", { className: "pred-label pred-value", text: values.length === 1 ? `value ${shown}` : `values [${shown}]` }));
+  host.appendChild(el("div", { className: "hint", text: "regression: the model's raw output" }));
+}
+
+function renderEntry(host, pred) {
+  if (pred.probabilities) renderClasses(host, pred);
+  else renderValue(host, pred);
 }
 
 function renderPrediction(pred) {
   const host = $("prediction");
   host.textContent = "";
-  const label = document.createElement("div");
-  label.className = "pred-label";
-  label.textContent = `${pred.label} (${(100 * pred.score).toFixed(1)}%)`;
-  host.appendChild(label);
-  if (pred.threshold !== undefined) {
-    const t = document.createElement("div");
-    t.className = "hint";
-    t.textContent = `decision at threshold ${pred.threshold.toFixed(3)}`;
-    host.appendChild(t);
+  if (pred.outputs) {
+    for (const [name, entry] of Object.entries(pred.outputs)) {
+      const block = el("div", { className: "output-block", "data-output": name }, el("h3", { text: name }));
+      renderEntry(block, entry);
+      host.appendChild(block);
+    }
+  } else {
+    renderEntry(host, pred);
   }
-  for (const [cls, p] of Object.entries(pred.probabilities)) {
-    const row = document.createElement("div");
-    row.className = "prob" + (cls === pred.label ? " top" : "");
-    const name = document.createElement("span");
-    name.textContent = cls;
-    const bar = document.createElement("div");
-    bar.className = "bar";
-    const fill = document.createElement("span");
-    fill.style.width = `${(100 * p).toFixed(1)}%`;
-    bar.appendChild(fill);
-    const val = document.createElement("span");
-    val.textContent = `${(100 * p).toFixed(1)}%`;
-    row.append(name, bar, val);
-    host.appendChild(row);
+}
+
+// ---------------------------------------------------------------- layers
+function layerDepth(row) { return row.parent ? row.parent.split("/").length : 0; }
+
+function renderLayerTable(rows) {
+  const body = $("layer-list").querySelector("tbody");
+  body.textContent = "";
+  for (const row of rows) {
+    const name = el("td", { className: "layer-name", text: row.name });
+    name.style.paddingLeft = `${4 + 14 * layerDepth(row)}px`;
+    const tr = el("tr", { "data-layer": row.name, "data-role": row.role },
+      el("td", { text: String(row.index) }), name, el("td", { text: row.type }),
+      el("td", { text: shapeText(row.output_shape.slice(1)) }), el("td", { text: String(row.params) }),
+      el("td", { text: row.role }));
+    tr.addEventListener("click", () => {
+      const card = document.querySelector(`#layers .layer[data-layer="${CSS.escape(row.name)}"]`);
+      if (card) card.scrollIntoView({ behavior: "smooth", block: "center" });
+    });
+    body.appendChild(tr);
   }
+}
+
+function computedLayers() {
+  return state.meta.layers.filter((r) => r.role !== "input");
+}
+
+function buildLayerCards() {
+  const host = $("layers");
+  host.textContent = "";
+  for (const row of computedLayers()) {
+    const extra = row.activation ? ` · ${row.activation}` : "";
+    const where = row.parent ? ` · in ${row.parent}` : "";
+    const head = el("div", { className: "layer-head", text: row.name },
+      el("small", { text: `${row.type} · ${shapeText(row.output_shape.slice(1))}${extra}${where} · ${row.role}` }));
+    const card = el("div", { className: "layer", "data-layer": row.name, "data-role": row.role },
+      head, el("div", { className: "layer-stats" }), el("canvas", { width: 0, height: 0 }));
+    host.appendChild(card);
+  }
+}
+
+function card(name) {
+  return document.querySelector(`#layers .layer[data-layer="${CSS.escape(name)}"]`);
+}
+
+function renderStats(resp) {
+  const inst = resp.instances[0];
+  for (const name of resp.layers) {
+    const c = card(name);
+    if (!c) continue;
+    const s = inst.layers[name].stats;
+    const top = s.top_k.map((t) => `#${t.unit}=${fmt(t.value)}`).join(" ");
+    c.querySelector(".layer-stats").textContent = `mean ${fmt(s.mean)} · std ${fmt(s.std)} · `
+      + `min ${fmt(s.min)} · max ${fmt(s.max)} · inactive ${(100 * s.inactive_fraction).toFixed(1)}% · `
+      + `L2 ${fmt(s.l2_norm)} · top ${top}`;
+  }
+}
+
+async function drawPictures(base, inst, id) {
+  const names = computedLayers().map((r) => r.name);
+  let next = 0;
+  const worker = async () => {
+    while (next < names.length && id === state.runId) {
+      const name = names[next++];
+      const bitmap = await png(`${base}/layers/${encodeURIComponent(name)}/picture.png`, { instances: [inst] });
+      if (id !== state.runId) return;
+      const canvas = card(name).querySelector("canvas");
+      canvas.width = bitmap.width;
+      canvas.height = bitmap.height;
+      canvas.getContext("2d").drawImage(bitmap, 0, 0);
+      canvas.dataset.drawn = "1";
+    }
+  };
+  await Promise.all(Array.from({ length: PICTURE_CONCURRENCY }, worker));
+}
+
+// ---------------------------------------------------------------- attributions
+function explainPlan(meta) {
+  const layers = meta.layers;
+  const images = meta.inputs.filter((s) => s.kind === "image");
+  const conv = layers.some((r) => r.type.includes("Conv") && r.output_shape.length === 4);
+  if (images.length && conv) return { method: "gradcam" };
+  const sizes = meta.inputs.map((s) => s.shape.reduce((a, d) => a * (d === null ? 64 : d), 1));
+  const floats = meta.inputs.some(isFloat);
+  const embeddings = layers.filter((r) => r.type === "Embedding");
+  if (!floats && !embeddings.length) return null;
+  const dims = embeddings.reduce((a, r) => a + (r.output_shape[r.output_shape.length - 1] || 1), 0);
+  const size = sizes.reduce((a, b) => a + b, 0) * Math.max(1, dims);
+  const steps = Math.min(64, Math.floor(MAX_IG_VALUES / size) - 1);
+  return steps >= 4 ? { method: "integrated_gradients", steps } : null;
 }
 
 function renderGradcam(pixels, heat, info) {
@@ -174,12 +489,15 @@ function renderGradcam(pixels, heat, info) {
   const ctx = canvas.getContext("2d");
   const h = heat.length, w = heat[0].length;
   const flat = flatten(pixels);
+  const ch = flat.length / (h * w);
   const [lo, hi] = range(flat);
   const img = ctx.createImageData(224, 224);
   for (let y = 0; y < 224; y++) {
     for (let x = 0; x < 224; x++) {
       const iy = Math.floor(y * h / 224), ix = Math.floor(x * w / 224);
-      const g = hi > lo ? 255 * (flat[iy * w + ix] - lo) / (hi - lo) : 0;
+      let v = 0;
+      for (let k = 0; k < ch; k++) v += flat[(iy * w + ix) * ch + k];
+      const g = hi > lo ? 255 * (v / ch - lo) / (hi - lo) : 0;
       const t = heat[iy][ix], a = 0.6 * t;
       const c = colour(t, HOT);
       const p = (y * 224 + x) * 4;
@@ -191,21 +509,21 @@ function renderGradcam(pixels, heat, info) {
   $("attr-info").textContent = info;
 }
 
-function renderBars(attr, info) {
-  const entries = Object.entries(attr).sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]))
-    .slice(0, 12);
+function renderBars(entries, info) {
+  entries = entries.filter((e) => Number.isFinite(e[1]))
+    .sort((a, b) => Math.abs(b[1]) - Math.abs(a[1])).slice(0, 12);
   const canvas = $("attribution");
-  canvas.width = 420; canvas.height = entries.length * 18 + 6;
+  canvas.width = 420; canvas.height = Math.max(1, entries.length) * 18 + 6;
   const ctx = canvas.getContext("2d");
   ctx.fillStyle = "#fff";
   ctx.fillRect(0, 0, canvas.width, canvas.height);
   const span = Math.max(...entries.map((e) => Math.abs(e[1])), 1e-12);
-  const mid = 70 + (canvas.width - 70) / 2, half = (canvas.width - 70) / 2 - 6;
+  const mid = 90 + (canvas.width - 90) / 2, half = (canvas.width - 90) / 2 - 6;
   ctx.font = "11px sans-serif";
   entries.forEach(([name, v], i) => {
     const y = 4 + i * 18;
     ctx.fillStyle = "#222";
-    ctx.fillText(name, 4, y + 11);
+    ctx.fillText(String(name).slice(0, 14), 4, y + 11);
     const len = Math.abs(v) / span * half;
     ctx.fillStyle = v >= 0 ? "#c82828" : "#2850c8";
     ctx.fillRect(v >= 0 ? mid : mid - len, y + 2, len, 11);
@@ -215,250 +533,154 @@ function renderBars(attr, info) {
   $("attr-info").textContent = info;
 }
 
-function renderExplanation(resp, instance) {
-  const e = resp.instances[0];
-  $("attr-method").textContent = resp.method === "gradcam"
-    ? `Grad-CAM, layer ${resp.layer}` : `integrated gradients, baseline ${resp.baseline}`;
-  if (resp.method === "gradcam") {
-    renderGradcam(instance, e.heatmap_input,
-      `Heat = evidence for "${e.label}" (${(100 * e.probability).toFixed(1)}%).`);
-  } else {
-    const c = e.completeness;
-    renderBars(e.attributions, `Explaining P(${e.label}) = ${fmt(c.f_x)}; completeness: `
-      + `sum ${fmt(c.sum_of_attributions)} vs f(x) − f(baseline) ${fmt(c.f_x_minus_f_baseline)}`
-      + ` (relative error ${(100 * c.relative_error).toFixed(2)}%). Top 12 features.`);
-  }
-}
-
-// ---------------------------------------------------------------- inputs
-const draw = { canvas: null, ctx: null, down: false };
-
-function setupDrawing() {
-  draw.canvas = $("draw");
-  draw.ctx = draw.canvas.getContext("2d");
-  clearDrawing();
-  const pos = (ev) => {
-    const r = draw.canvas.getBoundingClientRect();
-    return [(ev.clientX - r.left) * draw.canvas.width / r.width,
-      (ev.clientY - r.top) * draw.canvas.height / r.height];
+// name -> value pairs of an IG attribution (feature objects, token arrays, any array)
+function attributionEntries(attr, variables, inst) {
+  const out = [];
+  const add = (prefix, value, variable) => {
+    if (value && !Array.isArray(value) && typeof value === "object") {
+      for (const [k, v] of Object.entries(value)) out.push([prefix ? `${prefix}.${k}` : k, v]);
+      return;
+    }
+    const flat = flatten([value]);
+    const tokens = variable && variable.kind === "embedding" ? flatten([inputValue(inst, variable.input)]) : null;
+    flat.forEach((v, j) => {
+      const label = tokens ? `${j}: ${tokens[j]}` : `[${j}]`;
+      out.push([prefix ? `${prefix}${tokens ? " " : ""}${label}` : label, v]);
+    });
   };
-  draw.canvas.addEventListener("pointerdown", (ev) => {
-    draw.down = true;
-    const [x, y] = pos(ev);
-    draw.ctx.beginPath(); draw.ctx.moveTo(x, y); draw.ctx.lineTo(x + 0.1, y); draw.ctx.stroke();
-  });
-  draw.canvas.addEventListener("pointermove", (ev) => {
-    if (!draw.down) return;
-    const [x, y] = pos(ev);
-    draw.ctx.lineTo(x, y); draw.ctx.stroke();
-  });
-  const end = () => { if (draw.down) { draw.down = false; run(); } };
-  draw.canvas.addEventListener("pointerup", end);
-  draw.canvas.addEventListener("pointerleave", end);
-  $("clear").addEventListener("click", () => { clearDrawing(); markSample(-1); });
-  $("upload").addEventListener("change", async (ev) => {
-    const file = ev.target.files[0];
-    if (!file) return;
-    try {
-      const bitmap = await createImageBitmap(file);
-      clearDrawing();
-      draw.ctx.drawImage(bitmap, 0, 0, draw.canvas.width, draw.canvas.height);
-      markSample(-1);
-      run();
-    } catch (err) {
-      setStatus(`could not read ${file.name}: ${err.message}`, true);
-    }
-  });
-}
-
-function clearDrawing() {
-  const ctx = draw.ctx;
-  ctx.fillStyle = "#000";
-  ctx.fillRect(0, 0, draw.canvas.width, draw.canvas.height);
-  ctx.strokeStyle = "#fff";
-  ctx.lineWidth = 20;
-  ctx.lineCap = "round";
-  ctx.lineJoin = "round";
-}
-
-function pixelsToCanvas(canvas, pixels, h, w) {
-  const small = document.createElement("canvas");
-  small.width = w; small.height = h;
-  const flat = flatten(pixels);
-  const ch = flat.length / (h * w);
-  const img = small.getContext("2d").createImageData(w, h);
-  for (let i = 0; i < h * w; i++) {
-    for (let k = 0; k < 3; k++) img.data[i * 4 + k] = flat[i * ch + (ch === 3 ? k : 0)];
-    img.data[i * 4 + 3] = 255;
-  }
-  small.getContext("2d").putImageData(img, 0, 0);
-  const ctx = canvas.getContext("2d");
-  ctx.imageSmoothingEnabled = false;
-  ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
-}
-
-function imageInstance() {
-  const [h, w, c] = state.meta.input.shape;
-  const small = document.createElement("canvas");
-  small.width = w; small.height = h;
-  const ctx = small.getContext("2d");
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = "high";
-  ctx.drawImage(draw.canvas, 0, 0, w, h);
-  const data = ctx.getImageData(0, 0, w, h).data;
-  const rows = [];
-  for (let y = 0; y < h; y++) {
-    const row = [];
-    for (let x = 0; x < w; x++) {
-      const p = (y * w + x) * 4;
-      if ((c || 1) === 3) row.push([data[p], data[p + 1], data[p + 2]]);
-      else row.push([Math.round(0.299 * data[p] + 0.587 * data[p + 1] + 0.114 * data[p + 2])]);
-    }
-    rows.push(row);
-  }
-  return rows;
-}
-
-function tabularInstance() {
-  const out = {};
-  for (const input of document.querySelectorAll("#features input")) {
-    out[input.name] = Number(input.value);
-  }
+  if (variables.length === 1) add("", attr, variables[0]);
+  else for (const v of variables) add(v.name, attr[v.name], v);
   return out;
 }
 
-function markSample(index) {
-  document.querySelectorAll("#samples canvas").forEach((c, i) => {
-    c.classList.toggle("active", i === index);
-  });
-}
-
-function showImageSamples() {
-  const host = $("samples");
-  host.textContent = "";
-  const [h, w] = state.meta.input.shape;
-  state.samples.forEach((s, i) => {
-    const fig = document.createElement("figure");
-    const c = document.createElement("canvas");
-    c.width = w; c.height = h;
-    c.title = `reference sample ${s.index}` + (s.label ? ` (${s.label})` : "");
-    pixelsToCanvas(c, s.instance, h, w);
-    c.addEventListener("click", () => pickImageSample(i));
-    const cap = document.createElement("figcaption");
-    cap.textContent = s.label || `#${s.index}`;
-    fig.append(c, cap);
-    host.appendChild(fig);
-  });
-}
-
-function pickImageSample(i) {
-  const [h, w] = state.meta.input.shape;
-  pixelsToCanvas(draw.canvas, state.samples[i].instance, h, w);
-  markSample(i);
-  run();
-}
-
-function showTabularSamples() {
-  const select = $("sample-select");
-  select.textContent = "";
-  state.samples.forEach((s, i) => {
-    const opt = document.createElement("option");
-    opt.value = String(i);
-    opt.textContent = `#${s.index}` + (s.label ? ` (${s.label})` : "");
-    select.appendChild(opt);
-  });
-  select.onchange = () => pickTabularSample(Number(select.value));
-}
-
-function pickTabularSample(i) {
-  const table = $("features");
-  table.textContent = "";
-  const features = state.samples[i].features;
-  for (const [name, value] of Object.entries(features)) {
-    const tr = document.createElement("tr");
-    const td1 = document.createElement("td");
-    td1.textContent = name;
-    const td2 = document.createElement("td");
-    const input = document.createElement("input");
-    input.type = "number";
-    input.step = "any";
-    input.name = name;
-    input.value = String(Number(value.toPrecision(6)));
-    input.addEventListener("change", run);
-    td2.appendChild(input);
-    tr.append(td1, td2);
-    table.appendChild(tr);
+function renderExplanation(resp, inst) {
+  const e = resp.instances[0];
+  const what = e.label !== undefined ? `"${e.label}"` : `unit ${e.unit} of ${resp.output}`;
+  if (resp.method === "gradcam") {
+    $("attr-method").textContent = `Grad-CAM, layer ${resp.layer}`;
+    const score = e.probability !== undefined ? ` (${(100 * e.probability).toFixed(1)}%)` : ` (${fmt(e.value)})`;
+    renderGradcam(inputValue(inst, resp.image_input), e.heatmap_input, `Heat = evidence for ${what}${score}.`);
+    return;
   }
-  run();
+  $("attr-method").textContent = `integrated gradients, baseline ${resp.baseline}`;
+  const c = e.completeness;
+  const variables = resp.variables;
+  const info = `Explaining ${e.label !== undefined ? `P(${e.label})` : what} = ${fmt(c.f_x)}; completeness: `
+    + `sum ${fmt(c.sum_of_attributions)} vs f(x) − f(baseline) ${fmt(c.f_x_minus_f_baseline)}`
+    + ` (relative error ${(100 * c.relative_error).toFixed(2)}%).`;
+  const only = variables.length === 1 ? variables[0] : null;
+  const spec = only && only.kind === "input" ? state.meta.inputs.find((s) => s.name === only.input) : null;
+  if (spec && spec.kind === "image") {
+    const attr = e.attributions;
+    const heat = attr.map((row) => row.map((px) => flatten([px]).reduce((a, v) => a + Math.abs(v), 0)));
+    const peak = Math.max(...flatten(heat), 1e-12);
+    renderGradcam(inputValue(inst, spec.name), heat.map((row) => row.map((v) => v / peak)), `${info} Heat = |attribution|.`);
+    return;
+  }
+  renderBars(attributionEntries(e.attributions, variables, inst), `${info} Top 12 values.`);
+}
+
+function explainBody(inst, plan) {
+  const outputs = state.meta.outputs;
+  const selected = $("attr-output").value || outputs[0].name;
+  const spec = outputs.find((o) => o.name === selected) || outputs[0];
+  const body = { instances: [inst], method: plan.method };
+  if (outputs.length > 1) body.output = spec.name;
+  if (plan.steps) body.steps = plan.steps;
+  // binary outputs: explain the positive class, not whichever class won
+  if (spec.task === "binary_classification") body.class = spec.class_names[1];
+  return body;
 }
 
 // ---------------------------------------------------------------- flow
 async function run() {
   if (!state.model) return;
   const id = ++state.runId;
-  const image = state.meta.input.kind === "image";
-  const instance = image ? imageInstance() : tabularInstance();
+  let inst;
+  try {
+    inst = instance();
+  } catch (err) {
+    setStatus(err.message, true);
+    return;
+  }
   setStatus("running…");
   const base = `/models/${encodeURIComponent(state.model)}`;
+  const meta = state.meta;
   try {
+    if (!meta.introspection || meta.introspection.available === false) {
+      const pred = await api(`${base}/predict`, { instances: [inst] });
+      if (id !== state.runId) return;
+      renderPrediction(pred.predictions[0]);
+      setStatus(`${state.model} v${meta.version}: predictions only`);
+      bumpRuns();
+      return;
+    }
+    const names = computedLayers().map((r) => r.name);
+    const plan = explainPlan(meta);
     const [acts, expl] = await Promise.all([
-      api(`${base}/activations`, { instances: [instance], include: ["values", "stats"] }),
-      // binary models: explain the positive class (fraud), not whichever class won
-      api(`${base}/explain`, {
-        instances: [instance],
-        class: state.meta.task === "binary_classification" ? state.meta.class_names[1] : null,
-      }),
+      api(`${base}/activations`, { instances: [inst], layers: names, include: ["stats"] }),
+      plan ? api(`${base}/explain`, explainBody(inst, plan)) : Promise.resolve(null),
+      drawPictures(base, inst, id),
     ]);
     if (id !== state.runId) return;
     renderPrediction(acts.instances[0].prediction);
-    renderLayers(acts, state.layerTable);
-    renderExplanation(expl, instance);
-    setStatus(`${acts.model} v${acts.version}: ${acts.layers.length} hidden layers`);
-    document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
+    renderStats(acts);
+    if (expl) renderExplanation(expl, inst);
+    else {
+      $("attr-method").textContent = "";
+      $("attr-info").textContent = "No attribution for this model: it has no float input and no embedding of an integer input.";
+    }
+    setStatus(`${acts.model} v${acts.version}: ${acts.layers.length} layers`);
+    bumpRuns();
   } catch (err) {
     if (id === state.runId) setStatus(err.message, true);
   }
 }
 
+function bumpRuns() {
+  document.body.dataset.runs = String(Number(document.body.dataset.runs || 0) + 1);
+}
+
 async function selectModel(name) {
   state.model = null;
+  state.runId++;
   setStatus(`loading ${name}…`);
   try {
     const base = `/models/${encodeURIComponent(name)}`;
-    const [info, layers, samples] = await Promise.all([
-      api(base), api(`${base}/layers`), api(`${base}/samples?n=8`),
-    ]);
-    state.meta = info.metadata;
-    state.layerTable = Object.fromEntries(layers.layers.map((l) => [l.name, l]));
-    state.samples = samples.samples;
+    const info = await api(base);
+    const meta = info.metadata;
+    state.meta = { ...meta, layers: meta.layers || [] };
+    const open = !meta.introspection || meta.introspection.available !== false;
+    state.samples = [];
+    if (open) state.samples = (await api(`${base}/samples?n=8`)).samples; // [] without one
+    $("version").textContent = `version ${meta.version} · ${meta.task}`;
+    buildForms(state.meta);
+    const select = $("attr-output");
+    select.textContent = "";
+    for (const o of meta.outputs) select.appendChild(el("option", { value: o.name, text: `${o.name} (${o.task})` }));
+    select.onchange = run;
+    $("attr-controls").hidden = meta.outputs.length < 2;
+    $("attribution-panel").hidden = !open;
+    renderLayerTable(state.meta.layers);
+    $("layer-count").textContent = `${state.meta.layers.length} in the table`;
+    $("layers-note").textContent = open ? ""
+      : `Introspection unavailable: ${meta.introspection.reason || "the model has no graph"}`;
+    if (open) buildLayerCards(); else $("layers").textContent = "";
     state.model = name;
-    $("version").textContent = `version ${layers.version} · ${state.meta.task}`;
-    const image = state.meta.input.kind === "image";
-    $("image-input").hidden = !image;
-    $("tabular-input").hidden = image;
-    $("layers").textContent = "";
-    if (image) {
-      showImageSamples();
-      if (state.samples.length) pickImageSample(0); else run();
-    } else {
-      showTabularSamples();
-      if (state.samples.length) pickTabularSample(0);
-    }
+    showSamples();
+    if (state.samples.length) pickSample(0); else run();
   } catch (err) {
     setStatus(err.message, true);
   }
 }
 
 async function init() {
-  setupDrawing();
   $("run").addEventListener("click", run);
   try {
     const { models } = await api("/models");
     const select = $("model");
     for (const m of models) {
-      const opt = document.createElement("option");
-      opt.value = m.name;
-      opt.textContent = m.name + (m.ready ? "" : " (not ready)");
+      const opt = el("option", { value: m.name, text: m.name + (m.ready ? "" : " (not ready)") });
       opt.disabled = !m.ready;
       select.appendChild(opt);
     }
