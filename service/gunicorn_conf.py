@@ -52,10 +52,24 @@ for _entry in raw_env:
     os.environ.setdefault(_key, _value)
 
 
+def post_worker_init(worker):
+    """In each worker, its app loaded: its gRPC server on the shared LAYERSCOPE_GRPC_PORT
+    (SO_REUSEPORT), over the same app and models (service/grpc/server.py, docs/grpc.md)."""
+    if _settings.grpc_port:
+        from service.grpc.server import serve_in_worker
+
+        serve_in_worker(worker)
+
+
 def worker_exit(server, worker):
-    """In the exiting worker: write the access lines still queued for the log writer."""
+    """In the exiting worker: stop its gRPC server (calls in progress finish within the
+    graceful timeout), then write the access lines still queued for the log writer."""
     import logging
 
+    if _settings.grpc_port:
+        from service.grpc.server import stop_in_worker
+
+        stop_in_worker()
     for handler in logging.getLogger("layerscope").handlers:
         handler.flush()
 
