@@ -124,13 +124,13 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
 
     _import_custom_objects(settings)
     from service import batching, logs, metrics, openapi, security, warmup
-    from service.api import admin, health, introspect, native, tfserving, v2
+    from service.api import admin, health, introspect, native, tfserving, understand, v2
 
     # protocol front ends and introspection: one blueprint per concern
     for module in (health, native, tfserving, v2, introspect):
         app.register_blueprint(module.bp)
     # cross-cutting concerns hook into every request or into the repository's events
-    for module in (metrics, logs, security, admin, openapi, warmup, batching):
+    for module in (metrics, logs, security, admin, openapi, warmup, batching, understand):
         module.init_app(app)
 
     if settings.load_in_background:

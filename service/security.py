@@ -77,7 +77,7 @@ def require_introspection() -> None:
 
 def _guard_introspection() -> None:
     endpoint = request.endpoint or ""
-    if endpoint.startswith("introspect.") and endpoint not in PUBLIC_INTROSPECT:
+    if endpoint.startswith(("introspect.", "understand.")) and endpoint not in PUBLIC_INTROSPECT:
         require_introspection()
 
 

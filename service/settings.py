@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     # Modules imported in each worker before models load: they register the custom layers
     # and models (keras.saving.register_keras_serializable) that safe_mode may then load.
     custom_objects_modules: list[str] = Field(default_factory=list)
+    # What hidden layers learned (service/api/understand.py): probes run in the background
+    # after a version loads and are cached here, shared by every worker.
+    cache_dir: Path | None = None  # default: <tmp>/layerscope-cache
+    probes_on_load: bool = True
+    probe_folds: int = Field(5, ge=2, le=20)
+    understanding_max_rows: int = Field(2000, ge=10)  # reference rows any computation reads
+    understanding_max_units: int = Field(512, ge=2)  # wider layers: random projection
+    compare_max_rows: int = Field(500, ge=10)  # rows of a CKA comparison (n x n Grams)
     log_level: str = "info"
     activation_sample_every: int = Field(20, ge=0)  # 1 model call in N feeds drift metrics
     activation_sample_interval: float = Field(1.0, ge=0)  # ... at most once per N s (0: any)
