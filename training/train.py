@@ -23,7 +23,7 @@ import numpy as np
 
 from training.config import ModelConfig, load_config
 
-REFERENCE_ROWS = 256
+REFERENCE_ROWS = 1000  # enough for 5-fold linear probes of every layer (service/api/understand.py)
 ENV_MODELS_DIR = "LAYERSCOPE_MODELS_DIR"
 
 

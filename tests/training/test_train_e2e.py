@@ -50,7 +50,7 @@ def _check_version(folder: Path, result: train_mod.TrainResult) -> dict:
     loaded = keras.saving.load_model(folder / "model.keras", safe_mode=True)
     ref = np.load(folder / "reference.npz")
     assert ref["x"].dtype == np.float32 and ref["x"].shape[1:] == tuple(meta["input"]["shape"])
-    assert len(ref["x"]) == len(ref["y"]) == min(256, meta["splits"]["train"])
+    assert len(ref["x"]) == len(ref["y"]) == min(train_mod.REFERENCE_ROWS, meta["splits"]["train"])
     np.testing.assert_allclose(loaded.predict(ref["x"], verbose=0),
                                result.model.predict(ref["x"], verbose=0), atol=1e-6, rtol=0)
     return meta
