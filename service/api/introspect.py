@@ -563,10 +563,7 @@ def _integrated_gradients(runtime, x, options, index, spec, cls, unit):
     base, kind, embed_baseline = _baseline(runtime, options.get("baseline"))
     xs = runtime.arrays(x)
     bases = [
-        np.zeros(a.shape[1:], np.float32 if b is None and kind == "zeros" else a.dtype)
-        if b is None
-        else b
-        for b, a in zip(base, xs, strict=True)
+        np.zeros(a.shape[1:], a.dtype) if b is None else b for b, a in zip(base, xs, strict=True)
     ]
     try:
         out = ig(

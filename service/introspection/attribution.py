@@ -138,12 +138,17 @@ class Graph:
 
     def spatial_layers(self) -> list[str]:
         """Entries with a 4-D (batch, h, w, channels) output that depend on an image input."""
-        images = {i for i, s in enumerate(self.inputs) if s.get("kind") == "image"}
-        return [
-            e.name
-            for e in self.flat.entries
-            if len(e.tensor.shape) == 4 and _ancestor_inputs(e.tensor, self.flat.inputs) & images
-        ]
+        cached = self.__dict__.get("_spatial")
+        if cached is None:
+            images = {i for i, s in enumerate(self.inputs) if s.get("kind") == "image"}
+            cached = self.__dict__["_spatial"] = [
+                e.name
+                for e in self.flat.entries
+                if len(e.tensor.shape) == 4
+                and images
+                and _ancestor_inputs(e.tensor, self.flat.inputs) & images
+            ]
+        return list(cached)
 
     def last_conv_layer(self) -> str:
         spatial = self.spatial_layers()

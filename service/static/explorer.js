@@ -111,6 +111,7 @@ function imageForm(spec, index) {
   };
   clear();
   let down = false;
+  let exact = null; // a picked sample's own values, sent as they are until the user draws
   const pos = (ev) => {
     const r = canvas.getBoundingClientRect();
     return [(ev.clientX - r.left) * canvas.width / r.width,
@@ -118,6 +119,7 @@ function imageForm(spec, index) {
   };
   canvas.addEventListener("pointerdown", (ev) => {
     down = true;
+    exact = null;
     const [x, y] = pos(ev);
     ctx.beginPath(); ctx.moveTo(x, y); ctx.lineTo(x + 0.1, y); ctx.stroke();
   });
@@ -130,13 +132,14 @@ function imageForm(spec, index) {
   canvas.addEventListener("pointerup", end);
   canvas.addEventListener("pointerleave", end);
   const clearButton = el("button", { id: `clear${suffix}`, type: "button", text: "Clear" });
-  clearButton.addEventListener("click", () => { clear(); markSample(-1); });
+  clearButton.addEventListener("click", () => { exact = null; clear(); markSample(-1); });
   const upload = el("input", { type: "file", id: `upload${suffix}`, accept: "image/*" });
   upload.addEventListener("change", async (ev) => {
     const file = ev.target.files[0];
     if (!file) return;
     try {
       const bitmap = await createImageBitmap(file);
+      exact = null;
       clear();
       ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
       markSample(-1);
@@ -145,7 +148,6 @@ function imageForm(spec, index) {
       setStatus(`could not read ${file.name}: ${err.message}`, true);
     }
   });
-  const [lo, hi] = spec.value_range || [0, 255];
   const body = el("div", {},
     el("p", { className: "hint", text: "Draw with the mouse (white on black), upload an image, or pick a sample." }),
     canvas,
@@ -154,6 +156,8 @@ function imageForm(spec, index) {
   return {
     body,
     read() {
+      if (exact) return exact;
+      const [lo, hi] = imageRange(spec);
       const [h, w, c] = spec.shape;
       const small = document.createElement("canvas");
       small.width = w; small.height = h;
@@ -175,8 +179,20 @@ function imageForm(spec, index) {
       }
       return rows;
     },
-    fill(pixels) { pixelsToCanvas(canvas, pixels, spec); },
+    fill(pixels) { exact = pixels; pixelsToCanvas(canvas, pixels, spec); },
   };
+}
+
+// The values a drawn pixel maps to: the input's value_range, else what the reference
+// samples hold ([0, 1] or [-1, 1] when they stay inside), else raw 0-255 pixels.
+function imageRange(spec) {
+  if (spec.value_range) return spec.value_range;
+  const values = state.samples.flatMap((s) => flatten([inputValue(s.instance, spec.name)]));
+  if (!values.length) return [0, 255];
+  const [lo, hi] = range(values);
+  if (lo >= 0 && hi <= 1) return [0, 1];
+  if (lo >= -1 && hi <= 1) return [-1, 1];
+  return [0, 255];
 }
 
 function pixelsToCanvas(canvas, pixels, spec) {
