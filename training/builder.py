@@ -52,7 +52,22 @@ def make_layer(spec: dict[str, Any]) -> keras.layers.Layer:
         return keras.layers.GlobalAveragePooling2D(name=name)
     if kind == "global_max_pool":
         return keras.layers.GlobalMaxPooling2D(name=name)
+    if kind in RECURRENT:
+        return RECURRENT[kind](
+            spec["units"],
+            return_sequences=spec["return_sequences"],
+            dropout=spec["dropout"],
+            recurrent_dropout=spec["recurrent_dropout"],
+            name=name,
+        )
     raise ValueError(f"Unknown layer kind. Received: kind={kind!r}")
+
+
+RECURRENT = {
+    "lstm": keras.layers.LSTM,
+    "gru": keras.layers.GRU,
+    "simple_rnn": keras.layers.SimpleRNN,
+}
 
 
 def build_model(config: ModelConfig | dict, *, input_shape: tuple[int, ...],
@@ -76,6 +91,9 @@ def build_model(config: ModelConfig | dict, *, input_shape: tuple[int, ...],
     else:
         x = keras.layers.Rescaling(data["preprocessing"]["rescale"], name="rescaling")(x)
     for spec in data["hidden"]:
+        if spec["kind"] in RECURRENT and len(x.shape) == 4:  # image rows as time steps
+            h, w, c = x.shape[1:]
+            x = keras.layers.Reshape((h, w * c), name="to_sequence")(x)
         x = make_layer(spec)(x)
     out = data["output"]
     units = 1 if cfg.is_binary else num_classes

@@ -147,8 +147,16 @@ LAYER_FIELDS: dict[str, dict[str, Any]] = {
     "flatten": {},
     "global_avg_pool": {},
     "global_max_pool": {},
+    # recurrent: an image is read row by row (H time steps of W x C values)
+    "lstm": {"units": _REQUIRED, "return_sequences": False, "dropout": 0.0,
+             "recurrent_dropout": 0.0},
+    "gru": {"units": _REQUIRED, "return_sequences": False, "dropout": 0.0,
+            "recurrent_dropout": 0.0},
+    "simple_rnn": {"units": _REQUIRED, "return_sequences": False, "dropout": 0.0,
+                   "recurrent_dropout": 0.0},
 }
 LAYER_KINDS = tuple(LAYER_FIELDS)
+RECURRENT_KINDS = ("lstm", "gru", "simple_rnn")
 SPATIAL_KINDS = ("conv2d", "max_pool", "avg_pool", "flatten", "global_avg_pool",
                  "global_max_pool")
 
@@ -160,8 +168,10 @@ def _layer_field(path: str, field: str, v: Any) -> Any:
         return _choice(path, v, ACTIVATIONS)
     if field in ("l1", "l2"):
         return _float(path, v, lo=0.0)
-    if field == "use_bias":
+    if field in ("use_bias", "return_sequences"):
         return _bool(path, v)
+    if field in ("dropout", "recurrent_dropout"):
+        return _float(path, v, lo=0.0, hi=1.0, hi_open=True)
     if field == "rate":
         return _float(path, v, lo=0.0, hi=1.0, hi_open=True)
     if field == "momentum":
@@ -241,6 +251,14 @@ def _next_shape(path: str, spec: dict, shape: tuple[int, ...], input_kind: str):
         why = "tabular input" if input_kind == "tabular" else "a flat input (after flatten/pool)"
         raise ConfigError(f"{path}.kind", f"{kind} needs an image feature map (H, W, C) but "
                                           f"{where} receives {why} of shape {list(shape)}")
+    if kind in RECURRENT_KINDS:
+        if len(shape) == 3:  # an image: its rows are the time steps
+            shape = (shape[0], shape[1] * shape[2])
+        if len(shape) != 2:
+            raise ConfigError(f"{path}.kind", f"{kind} needs a sequence (time, features) or an "
+                                              f"image but {where} receives a flat input of "
+                                              f"shape {list(shape)}")
+        return (shape[0], spec["units"]) if spec["return_sequences"] else (spec["units"],)
     if kind == "dense" and len(shape) != 1:
         raise ConfigError(f"{path}.kind", f"dense needs a flat input but {where} receives a "
                                           f"feature map of shape {list(shape)}; put flatten or "
