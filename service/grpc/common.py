@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 import grpc
 from flask import g
+from google.protobuf import message_factory
 
 from service import logs, metrics, security
 from service.binary_tensors import BinaryTensorError
-from service.errors import LayerscopeError
+from service.errors import InvalidInput, LayerscopeError
 
 log = logging.getLogger("layerscope.grpc")
 
@@ -62,6 +63,56 @@ class Call:
     def __init__(self, metadata: dict[str, str], request_id: str):
         self.metadata = metadata
         self.request_id = request_id
+
+
+class Malformed:
+    """What the request deserializer returns for bytes that are not the method's message
+    (grpc would answer INTERNAL for its exception): answered INVALID_ARGUMENT."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def ByteSize(self) -> int:  # noqa: N802 (the protobuf name the access line calls)
+        return 0
+
+
+def _deserializer(cls):
+    name = cls.DESCRIPTOR.full_name
+
+    def parse(data: bytes):
+        try:
+            return cls.FromString(data)
+        except Exception as exc:  # DecodeError, or anything a hostile payload provokes
+            return Malformed(f"the request is not a valid {name} message: {exc}")
+
+    return parse
+
+
+def register(server, service, handlers: dict[str, Callable]) -> str:
+    """Serve ``handlers`` (method name -> handler) of the protobuf ``service`` descriptor;
+    its other methods answer UNIMPLEMENTED. Returns the service's full name."""
+    methods = {}
+    for method in service.methods:
+        fn = handlers.get(method.name)
+        if fn is None:
+            continue
+        request = message_factory.GetMessageClass(method.input_type)
+        response = message_factory.GetMessageClass(method.output_type)
+        methods[method.name] = grpc.unary_unary_rpc_method_handler(
+            fn,
+            request_deserializer=_deserializer(request),
+            response_serializer=response.SerializeToString,
+        )
+    missing = set(handlers) - set(methods)
+    if missing:
+        raise ValueError(f"{service.full_name} has no methods {sorted(missing)}")
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, methods),)
+    )
+    server.add_registered_method_handlers(service.full_name, methods)
+    return service.full_name
 
 
 # -- introspection token (LAYERSCOPE_INTROSPECTION_TOKEN) as call metadata --------------------
@@ -121,6 +172,8 @@ class Methods:
                         if not done.is_set():
                             done.wait(state.settings.timeout / 2)
                     try:
+                        if type(request) is Malformed:
+                            raise InvalidInput(request.message)
                         response = fn(request, call)
                     finally:
                         served = ctx.get("layerscope_model")
@@ -154,7 +207,8 @@ def _record(path, code, elapsed, served, name_of, request, response, rid) -> Non
         if served is not None:
             model, version = metrics.model_label(str(served[0])), str(served[1])
         else:
-            model = metrics.model_label(name_of(request) if name_of else None)
+            named = name_of(request) if name_of and type(request) is not Malformed else None
+            model = metrics.model_label(named)
             version = None
         version = metrics.version_label(model, version)
         status = STATUS_OF_CODE.get(code, 500)

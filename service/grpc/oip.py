@@ -15,15 +15,22 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.grpc import service_pb2
 
 from service import binary_tensors, inputs
 from service.api import compute, parse_version, repository, resolve, settings, v2
 from service.errors import InvalidInput, ModelNotFound
-from service.grpc.common import Call, Methods, introspection_allowed, require_introspection
+from service.grpc.common import (
+    Call,
+    Methods,
+    introspection_allowed,
+    register,
+    require_introspection,
+)
 from service.repository import READY
 
 SERVICE = "inference.GRPCInferenceService"
+DESCRIPTOR = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
 # OIP datatype -> the InferTensorContents field holding its values (FP16 / BF16: raw only)
 CONTENTS = {
@@ -238,23 +245,22 @@ def _model_name(request) -> str:
     return getattr(request, "model_name", None) or getattr(request, "name", "")
 
 
-class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The OIP methods (Triton's other methods answer UNIMPLEMENTED)."""
-
-    def __init__(self, app):
-        methods = Methods(app)
-
-        def rpc(name, fn, model=True):
-            return methods.rpc(f"/{SERVICE}/{name}", fn, _model_name, model)
-
-        self.ServerLive = rpc("ServerLive", server_live, model=False)
-        self.ServerReady = rpc("ServerReady", server_ready, model=False)
-        self.ModelReady = rpc("ModelReady", model_ready, model=False)
-        self.ServerMetadata = rpc("ServerMetadata", server_metadata, model=False)
-        self.ModelMetadata = rpc("ModelMetadata", model_metadata)
-        self.ModelInfer = rpc("ModelInfer", model_infer)
-
-
 def add(server, app) -> str:
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(app), server)
-    return SERVICE
+    """Serve the OIP methods on ``server`` (Triton's other methods: UNIMPLEMENTED)."""
+    methods = Methods(app)
+    functions = {
+        "ServerLive": (server_live, False),
+        "ServerReady": (server_ready, False),
+        "ModelReady": (model_ready, False),
+        "ServerMetadata": (server_metadata, False),
+        "ModelMetadata": (model_metadata, True),
+        "ModelInfer": (model_infer, True),
+    }
+    return register(
+        server,
+        DESCRIPTOR,
+        {
+            name: methods.rpc(f"/{SERVICE}/{name}", fn, _model_name, model)
+            for name, (fn, model) in functions.items()
+        },
+    )

@@ -21,14 +21,14 @@ from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
     get_model_status_pb2,
-    model_service_pb2_grpc,
+    model_service_pb2,
     predict_pb2,
-    prediction_service_pb2_grpc,
+    prediction_service_pb2,
 )
 
 from service.api import compute, repository, resolve, settings, tfserving, v2
 from service.errors import InvalidInput, ModelNotFound
-from service.grpc.common import Methods, require_introspection
+from service.grpc.common import Methods, register, require_introspection
 from service.repository import FAILED, LOADING, READY, SKIPPED
 
 PREDICTION = "tensorflow.serving.PredictionService"
@@ -301,30 +301,27 @@ def _model_name(request) -> str:
     return request.model_spec.name
 
 
-class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """Predict and GetModelMetadata (Classify, Regress, MultiInference: UNIMPLEMENTED)."""
-
-    def __init__(self, app):
-        methods = Methods(app)
-        self.Predict = methods.rpc(f"/{PREDICTION}/Predict", predict, _model_name)
-        self.GetModelMetadata = methods.rpc(
+def add(server, app) -> list[str]:
+    """Serve Predict and GetModelMetadata (Classify, Regress, MultiInference answer
+    UNIMPLEMENTED) and GetModelStatus (HandleReloadConfigRequest too: the admin API
+    reloads)."""
+    methods = Methods(app)
+    prediction = {
+        "Predict": methods.rpc(f"/{PREDICTION}/Predict", predict, _model_name),
+        "GetModelMetadata": methods.rpc(
             f"/{PREDICTION}/GetModelMetadata", get_model_metadata, _model_name
-        )
-
-
-class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
-    """GetModelStatus (HandleReloadConfigRequest: UNIMPLEMENTED, the admin API reloads)."""
-
-    def __init__(self, app):
-        methods = Methods(app)
-        self.GetModelStatus = methods.rpc(
+        ),
+    }
+    status = {
+        "GetModelStatus": methods.rpc(
             f"/{MODEL}/GetModelStatus", get_model_status, _model_name, model=False
         )
-
-
-def add(server, app) -> list[str]:
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(app), server
-    )
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(app), server)
-    return [PREDICTION, MODEL]
+    }
+    return [
+        register(
+            server,
+            prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"],
+            prediction,
+        ),
+        register(server, model_service_pb2.DESCRIPTOR.services_by_name["ModelService"], status),
+    ]
