@@ -38,6 +38,7 @@ ERRORS = {
     "409": {**ERROR, "description": "Conflicting admin decision"},
     "413": {**ERROR, "description": "Body, batch or activation values over the limit"},
     "415": {**ERROR, "description": "Unsupported Content-Type"},
+    "422": {**ERROR, "description": "The model has no graph to open up (subclassed)"},
     "503": {**ERROR, "description": "Model not ready (loading) or overloaded"},
 }
 
@@ -202,7 +203,7 @@ OPERATIONS: dict[str, dict] = {
     "introspect.layers": {
         "summary": "The layer table",
         "tags": ["introspection"],
-        "responses": {"200": _json(_ref("Layers")), **_errors(*MODEL_ERRORS, "401", "403")},
+        "responses": {"200": _json(_ref("Layers")), **_errors(*MODEL_ERRORS, "401", "403", "422")},
     },
     "introspect.activations": {
         "summary": "Activations and statistics of any layers, one forward pass",
@@ -210,7 +211,7 @@ OPERATIONS: dict[str, dict] = {
         "requestBody": _body(_ref("ActivationsRequest"), multipart=True),
         "responses": {
             "200": _json(_ref("ActivationsResponse")),
-            **_errors(*PREDICT_ERRORS, "401", "403"),
+            **_errors(*PREDICT_ERRORS, "401", "403", "422"),
         },
     },
     "introspect.layer_stats": {
@@ -218,7 +219,7 @@ OPERATIONS: dict[str, dict] = {
         "tags": ["introspection"],
         "responses": {
             "200": _json({"type": "object", "required": ["layer"]}),
-            **_errors("400", *MODEL_ERRORS, "401", "403"),
+            **_errors("400", *MODEL_ERRORS, "401", "403", "422"),
         },
     },
     "introspect.samples": {
@@ -230,7 +231,7 @@ OPERATIONS: dict[str, dict] = {
         ],
         "responses": {
             "200": _json({"type": "object", "required": ["samples"]}),
-            **_errors("400", *MODEL_ERRORS, "401", "403"),
+            **_errors("400", *MODEL_ERRORS, "401", "403", "422"),
         },
     },
     "introspect.explain": {
@@ -239,20 +240,90 @@ OPERATIONS: dict[str, dict] = {
         "requestBody": _body(_ref("ExplainRequest"), multipart=True),
         "responses": {
             "200": _json({"type": "object", "required": ["method", "instances"]}),
-            **_errors(*PREDICT_ERRORS, "401", "403"),
+            **_errors(*PREDICT_ERRORS, "401", "403", "422"),
         },
     },
     "introspect.layer_picture": {
         "summary": "Feature-map grid or heat strip of a layer (PNG)",
         "tags": ["introspection"],
         "requestBody": _body(_ref("PredictRequest"), multipart=True),
-        "responses": {"200": PNG, **_errors(*PREDICT_ERRORS, "401", "403")},
+        "responses": {"200": PNG, **_errors(*PREDICT_ERRORS, "401", "403", "422")},
     },
     "introspect.explain_picture": {
         "summary": "Grad-CAM overlay or attribution bars (PNG)",
         "tags": ["introspection"],
         "requestBody": _body(_ref("ExplainRequest"), multipart=True),
-        "responses": {"200": PNG, **_errors(*PREDICT_ERRORS, "401", "403")},
+        "responses": {"200": PNG, **_errors(*PREDICT_ERRORS, "401", "403", "422")},
+    },
+    "understand.probes": {
+        "summary": "Linear probe score of every hidden layer and the raw input (202 while "
+        "computing)",
+        "tags": ["understanding"],
+        "responses": {
+            "200": _json({"type": "object", "required": ["layers", "baseline"]}),
+            "202": _json({"type": "object", "required": ["status"]}, "Computing: retry"),
+            **_errors(*MODEL_ERRORS, "401", "403", "422"),
+        },
+    },
+    "understand.probes_png": {
+        "summary": "Probe score against depth (PNG)",
+        "tags": ["understanding"],
+        "responses": {"200": PNG, **_errors(*MODEL_ERRORS, "401", "403", "422")},
+    },
+    "understand.unit_top": {
+        "summary": "The reference samples that activate a unit the most",
+        "tags": ["understanding"],
+        "parameters": [
+            {"name": "n", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            {"name": "reduce", "in": "query", "schema": {"enum": ["mean", "max"]}},
+        ],
+        "responses": {
+            "200": _json({"type": "object", "required": ["top"]}),
+            **_errors("400", *MODEL_ERRORS, "401", "403", "422"),
+        },
+    },
+    "understand.unit_top_png": {
+        "summary": "Thumbnails of a unit's top samples (image inputs, PNG)",
+        "tags": ["understanding"],
+        "parameters": [
+            {"name": "n", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+            {"name": "reduce", "in": "query", "schema": {"enum": ["mean", "max"]}},
+        ],
+        "responses": {"200": PNG, **_errors("400", *MODEL_ERRORS, "401", "403", "422")},
+    },
+    "understand.projection": {
+        "summary": "PCA of a layer over the reference sample, 2-D, with labels",
+        "tags": ["understanding"],
+        "responses": {
+            "200": _json({"type": "object", "required": ["points"]}),
+            **_errors("400", *MODEL_ERRORS, "401", "403", "422"),
+        },
+    },
+    "understand.projection_png": {
+        "summary": "PCA scatter of a layer coloured by class (PNG)",
+        "tags": ["understanding"],
+        "responses": {"200": PNG, **_errors("400", *MODEL_ERRORS, "401", "403", "422")},
+    },
+    "understand.compare": {
+        "summary": "Linear CKA between every hidden layer of versions a and b",
+        "tags": ["understanding"],
+        "parameters": [
+            {"name": "a", "in": "query", "required": True, "schema": {"type": "integer"}},
+            {"name": "b", "in": "query", "required": True, "schema": {"type": "integer"}},
+        ],
+        "responses": {
+            "200": _json({"type": "object", "required": ["cka"]}),
+            **_errors("400", *MODEL_ERRORS, "401", "403", "422"),
+        },
+    },
+    "understand.compare_png": {
+        "summary": "CKA heat map between two versions (PNG)",
+        "tags": ["understanding"],
+        "parameters": [
+            {"name": "a", "in": "query", "required": True, "schema": {"type": "integer"}},
+            {"name": "b", "in": "query", "required": True, "schema": {"type": "integer"}},
+        ],
+        "responses": {"200": PNG, **_errors("400", *MODEL_ERRORS, "401", "403", "422")},
     },
     "introspect.ui": {
         "summary": "The explorer page",
@@ -645,7 +716,11 @@ def build(app: Flask) -> dict:
             }
             if params:
                 op["parameters"] = params + list(op.get("parameters", []))
-            guarded = protected and endpoint.startswith("introspect.") and "ui" not in endpoint
+            guarded = (
+                protected
+                and endpoint.startswith(("introspect.", "understand."))
+                and "ui" not in endpoint
+            )
             if endpoint.startswith("admin.") or guarded:
                 op["security"] = [{"bearer": []}]
             paths.setdefault(template, {})[method.lower()] = op
