@@ -423,8 +423,8 @@ function renderLayerTable(rows) {
       el("td", { text: shapeText(row.output_shape.slice(1)) }), el("td", { text: String(row.params) }),
       el("td", { text: row.role }));
     tr.addEventListener("click", () => {
-      const card = document.querySelector(`#layers .layer[data-layer="${CSS.escape(row.name)}"]`);
-      if (card) card.scrollIntoView({ behavior: "smooth", block: "center" });
+      const target = card(row.name);
+      if (target) target.scrollIntoView({ behavior: "smooth", block: "center" });
     });
     body.appendChild(tr);
   }
@@ -434,10 +434,17 @@ function computedLayers() {
   return state.meta.layers.filter((r) => r.role !== "input");
 }
 
+// Cards in three groups: preprocessing layers, the hidden layers (#layers), the outputs.
+const GROUPS = { preprocessing: "pre-layers", hidden: "layers", output: "out-layers" };
+
+function clearLayerCards() {
+  for (const id of Object.values(GROUPS)) $(id).textContent = "";
+}
+
 function buildLayerCards() {
-  const host = $("layers");
-  host.textContent = "";
+  clearLayerCards();
   for (const row of computedLayers()) {
+    const host = $(GROUPS[row.role] || "layers");
     const extra = row.activation ? ` · ${row.activation}` : "";
     const where = row.parent ? ` · in ${row.parent}` : "";
     const head = el("div", { className: "layer-head", text: row.name },
@@ -449,7 +456,7 @@ function buildLayerCards() {
 }
 
 function card(name) {
-  return document.querySelector(`#layers .layer[data-layer="${CSS.escape(name)}"]`);
+  return document.querySelector(`#output .layer[data-layer="${CSS.escape(name)}"]`);
 }
 
 function renderStats(resp) {
@@ -681,7 +688,7 @@ async function selectModel(name) {
     $("layer-count").textContent = `${state.meta.layers.length} in the table`;
     $("layers-note").textContent = open ? ""
       : `Introspection unavailable: ${meta.introspection.reason || "the model has no graph"}`;
-    if (open) buildLayerCards(); else $("layers").textContent = "";
+    if (open) buildLayerCards(); else clearLayerCards();
     state.model = name;
     showSamples();
     if (state.samples.length) pickSample(0); else run();

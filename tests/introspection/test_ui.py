@@ -69,8 +69,9 @@ def _wait_run(page, after: int) -> None:
     page.wait_for_function(f"Number(document.body.dataset.runs || 0) > {after}", timeout=60_000)
 
 
-def _cards(page) -> list[str]:
-    cards = page.locator("#layers .layer")
+def _cards(page, where: str = "#output") -> list[str]:
+    """Layer cards in page order: every one (#output), or the hidden layers' (#layers)."""
+    cards = page.locator(f"{where} .layer")
     return [cards.nth(i).get_attribute("data-layer") for i in range(cards.count())]
 
 
@@ -82,7 +83,7 @@ def _computed(server, model) -> list[str]:
 
 def _all_pictures_drawn(page) -> bool:
     return page.evaluate(
-        """() => [...document.querySelectorAll('#layers .layer canvas')].every(
+        """() => [...document.querySelectorAll('#output .layer canvas')].every(
             (c) => c.dataset.drawn === '1' && c.width > 0 && c.height > 0)"""
     )
 
@@ -126,6 +127,7 @@ def test_explorer_page_in_chromium(server, tmp_path):
                 "patch",
             )
             assert _cards(page) == _computed(server, "patch")  # every layer, not only hidden
+            assert _cards(page, "#layers") == hidden["patch"]  # the hidden ones in #layers
             assert _all_pictures_drawn(page)
             hidden_canvases = ", ".join(
                 f'#layers .layer[data-layer="{n}"] canvas' for n in hidden["patch"]
@@ -164,6 +166,7 @@ def test_explorer_page_in_chromium(server, tmp_path):
             _wait_run(page, runs)
             assert page.locator("#features input").count() == 30
             assert _cards(page) == _computed(server, "txn")
+            assert _cards(page, "#layers") == hidden["txn"]
             assert _all_pictures_drawn(page)
             hidden_canvases = ", ".join(
                 f'#layers .layer[data-layer="{n}"] canvas' for n in hidden["txn"]
@@ -277,7 +280,7 @@ def test_explorer_page_renders_bring_your_own_models(server):
             # subclassed: predictions only, said so, no introspection call made
             _select(page, "sub")
             assert "Introspection unavailable" in page.locator("#layers-note").inner_text()
-            assert page.locator("#layers .layer").count() == 0
+            assert page.locator("#output .layer").count() == 0
             assert page.locator("#prediction .pred-label").count() == 1
             page.screenshot(path="/tmp/ui_byom.png", full_page=True)
         finally:
