@@ -111,3 +111,48 @@ def close(got: np.ndarray, want: np.ndarray) -> tuple[bool, float]:
     ratio = np.abs(got - want) / bound
     worst = float(ratio.max()) if ratio.size else 0.0
     return worst <= 1.0, worst
+
+
+def layer_names(model, prefix: str = "") -> list[str]:
+    """Every name the service should list for ``model``, from Keras' own bookkeeping:
+    ``model.layers`` (nested models recursed into as ``outer/inner``), each further call
+    of a layer in this graph as ``name@k``, extra output tensors as ``name:k``, and
+    ``name:sequence`` for a recurrent layer that returns only its last step."""
+    members = _graph_nodes(model)
+    # the inputs, by their InputLayer's name (what a loaded model calls them; a Sequential
+    # does not list its InputLayer in model.layers)
+    names = [t._keras_history[0].name for t in model.inputs] if not prefix else []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        calls = [n for n in layer._inbound_nodes if id(n) in members]
+        for k, node in enumerate(calls):
+            name = prefix + layer.name + (f"@{k}" if k else "")
+            if isinstance(layer, keras.Model):
+                names.extend(layer_names(layer, name + "/"))
+            names.append(name)
+            outputs = keras.tree.flatten(node.outputs)
+            names.extend(f"{name}:{j}" for j in range(1, len(outputs)))
+            rnn = type(layer).__name__ in ("LSTM", "GRU", "SimpleRNN")
+            if rnn and not layer.return_sequences:
+                names.append(f"{name}:sequence")
+    return names
+
+
+def activations(model, xs: list, names: list[str]) -> dict[str, np.ndarray]:
+    """``activation`` for many names, the plain layers of one level in one evaluation."""
+    out: dict[str, np.ndarray] = {}
+    plain: list[tuple[str, object]] = []
+    for name in names:
+        head, _, rest = name.partition("/")
+        match = _NAME.match(head)
+        inputs = {t.name for t in model.inputs} | {t._keras_history[0].name for t in model.inputs}
+        if rest or match is None or match["extra"] == "sequence" or name in inputs:
+            out[name] = activation(model, xs, name)
+            continue
+        _, node = _node(model, match["base"], int(match["call"] or 0))
+        plain.append((name, keras.tree.flatten(node.outputs)[int(match["extra"] or 0)]))
+    if plain:
+        values = _evaluate(model, xs, [t for _, t in plain])
+        out.update({name: v for (name, _), v in zip(plain, values, strict=True)})
+    return {name: out[name] for name in names}
