@@ -25,13 +25,17 @@ _settings = Settings()
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
 # gthread plus least-connections accepting: keep-alive connections opened in a burst split
-# evenly over the workers instead of 12:4 (service/workers.py).
-worker_class = "service.workers.BalancedThreadWorker"
+# evenly over the workers instead of 12:4; its main loop reads each request in full, under
+# deadlines, before a thread sees it, so slow clients hold no thread (service/workers.py,
+# docs/reliability.md: LAYERSCOPE_HEADER_TIMEOUT, _BODY_TIMEOUT, _BODY_MIN_RATE,
+# _KEEPALIVE_TIMEOUT, _MAX_CONNECTIONS, _MAX_BUFFERED_BYTES).
+worker_class = "service.workers.BufferingThreadWorker"
 threads = _settings.threads
 preload_app = False
 timeout = _settings.timeout  # a worker silent for this long is killed and replaced
 graceful_timeout = _settings.graceful_timeout
-keepalive = 5
+keepalive = _settings.keepalive_timeout  # s an idle keep-alive connection stays open
+worker_connections = _settings.max_connections  # per worker; 503 beyond (workers.py)
 loglevel = _settings.log_level
 accesslog = None  # service/logs.py writes one JSON access line per request, with its id
 errorlog = "-"

@@ -100,7 +100,7 @@ def test_sixteen_keep_alive_connections_split_evenly_over_two_busy_workers(serve
     workers busy; each connection then stays with the worker that accepted it. Gunicorn's
     own gthread worker left them 16:0, 15:1, 13:3 here (whoever polls first accepts); this
     one 8:8, 9:7, once 10:6 in ~20 runs (a worker's accept also waits for its GIL)."""
-    assert "Using worker: service.workers.BalancedThreadWorker" in served.log_path.read_text()
+    assert "Using worker: service.workers.BufferingThreadWorker" in served.log_path.read_text()
     pids, counts, load = load_and_count(served, 16)
     assert sum(counts.values()) == 16, counts
     assert max(counts.values()) - min(counts[pid] for pid in pids) <= 4, counts
