@@ -119,18 +119,20 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         settings.poll_interval,
         runtime_factory=serving.runtime_factory(settings),
         max_versions=settings.max_versions,
+        single_model=settings.model_name,  # KServe's /mnt/models layout (docs/scaling.md)
     )
     app.extensions["layerscope"] = Layerscope(settings, repository)
 
     _import_custom_objects(settings)
-    from service import batching, logs, metrics, openapi, security, warmup
+    from service import batching, logs, metrics, openapi, security, storage, warmup
     from service.api import admin, health, introspect, native, tfserving, understand, v2
 
     # protocol front ends and introspection: one blueprint per concern
     for module in (health, native, tfserving, v2, introspect):
         app.register_blueprint(module.bp)
     # cross-cutting concerns hook into every request or into the repository's events
-    for module in (metrics, logs, security, admin, openapi, warmup, batching, understand):
+    # (storage before admin: with an s3:// repository the admin state lives in the store)
+    for module in (metrics, logs, security, storage, admin, openapi, warmup, batching, understand):
         module.init_app(app)
 
     if settings.load_in_background:

@@ -207,6 +207,33 @@ GRPC_REQUESTS = Counter(
     ["model", "version", "method", "code"],
 )
 
+# -- object-storage repository (service/storage.py, docs/scaling.md) -----------------------
+REPOSITORY_REACHABLE = Gauge(
+    "layerscope_repository_reachable",
+    "1 while the last sync with the s3:// model repository succeeded, else 0 (the cached "
+    "versions keep serving); minimum over live workers.",
+    multiprocess_mode="livemin",
+)
+REPOSITORY_LAST_SYNC = Gauge(
+    "layerscope_repository_last_sync_timestamp_seconds",
+    "Unix time of the last successful sync with the s3:// model repository.",
+    multiprocess_mode="livemax",
+)
+REPOSITORY_SYNC_ERRORS = Counter(
+    "layerscope_repository_sync_errors",
+    "Syncs with the s3:// model repository that failed, by exception type.",
+    ["reason"],
+)
+
+
+def repository_synced(reachable: bool, last_sync: float | None, error: str | None) -> None:
+    REPOSITORY_REACHABLE.set(1 if reachable else 0)
+    if last_sync:
+        REPOSITORY_LAST_SYNC.set(last_sync)
+    if error:
+        REPOSITORY_SYNC_ERRORS.labels(error.split(":", 1)[0][:64]).inc()
+
+
 # -- per-worker bookkeeping ---------------------------------------------------------------
 _known_models: set[str] = set()
 _loaded_versions: dict[str, dict[str, str]] = {}  # model -> version -> task

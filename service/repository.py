@@ -108,8 +108,15 @@ class ModelRepository:
         poll_interval: float = 5.0,
         runtime_factory: Callable[..., Any] = ModelRuntime,
         max_versions: int = 0,
+        single_model: str | None = None,
     ):
         self.root = Path(root)
+        # KServe's layout (docs/scaling.md): ``root`` (/mnt/models) holds the version
+        # folders of ONE model, served under this name (LAYERSCOPE_MODEL_NAME)
+        self.single_model = single_model
+        # called before every scan of a refresh: an s3:// repository's sync into ``root``
+        # (service/storage.py)
+        self.before_scan: Callable[[], Any] | None = None
         self.poll_interval = poll_interval
         self.max_versions = max_versions  # 0 = load every version
         self.runtime_factory = runtime_factory
@@ -139,14 +146,17 @@ class ModelRepository:
         """Every ``<name>/<version>/`` holding a metadata.json (published) or only a
         model.keras (bare); everything else ignored."""
         found: dict[str, dict[int, Path]] = {}
-        try:
-            model_dirs = sorted(self.root.iterdir())
-        except OSError:
-            return found
-        for model_dir in model_dirs:
-            if not NAME_RE.match(model_dir.name) or not model_dir.is_dir():
+        if self.single_model is not None:  # KServe: the root is the model's folder
+            model_dirs = [(self.single_model, self.root)]
+        else:
+            try:
+                model_dirs = [(p.name, p) for p in sorted(self.root.iterdir())]
+            except OSError:
+                return found
+        for model_name, model_dir in model_dirs:
+            if not NAME_RE.match(model_name) or not model_dir.is_dir():
                 continue
-            if not self._inside_root(model_dir):
+            if self.single_model is None and not self._inside_root(model_dir):
                 log.warning("ignoring %s: resolves outside the repository", model_dir)
                 continue
             versions: dict[int, Path] = {}
@@ -163,7 +173,7 @@ class ModelRepository:
                     continue
                 versions[int(vdir.name)] = vdir
             if versions:
-                found[model_dir.name] = versions
+                found[model_name] = versions
         return found
 
     # -- loading -----------------------------------------------------------------------
@@ -250,6 +260,8 @@ class ModelRepository:
 
     def _refresh(self) -> None:
         """``refresh`` under the write lock."""
+        if self.before_scan is not None:
+            self.before_scan()  # never raises for a store fault (it reports it)
         found = self.scan()
         current = self._versions
         table: dict[str, dict[int, VersionState]] = {}
@@ -422,11 +434,24 @@ class ModelRepository:
         candidates = [v for v, s in versions.items() if s.status not in (FAILED, SKIPPED)]
         return bool(candidates) and versions[max(candidates)].status == READY
 
+    @staticmethod
+    def _serving(versions: dict[int, VersionState]) -> bool:
+        """A version is being loaded and another one is ready to answer meanwhile."""
+        statuses = {s.status for s in versions.values()}
+        return READY in statuses and LOADING in statuses
+
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         if not self.initial_load_done.is_set():
             return False, {"reason": "initial model load in progress"}
         table = self._versions
-        detail = {name: self.model_ready(name, versions) for name, versions in table.items()}
+        # Once the initial load is done, a model whose newest version is still loading
+        # (a hot reload) stays ready while an older version serves: every replica behind a
+        # balancer or a Service picks a new version up at the same moment, and none may
+        # leave the pool for it (docs/scaling.md).
+        detail = {
+            name: self.model_ready(name, versions) or self._serving(versions)
+            for name, versions in table.items()
+        }
         if not table:
             return False, {"reason": f"no model versions found in {self.root}"}
         return all(detail.values()), {"models": detail}

@@ -122,6 +122,32 @@ class Settings(BaseSettings):
     grpc_max_connection_age: float = Field(600.0, ge=0)  # s, then GOAWAY (0 = no limit)
     grpc_max_connection_age_grace: float = Field(30.0, ge=0)  # s for its calls to finish
     grpc_handshake_timeout: float = Field(10.0, gt=0)  # s for a new connection's handshake
+    # Object storage and replicas (docs/scaling.md). LAYERSCOPE_MODEL_REPOSITORY=s3://bucket/
+    # prefix is mirrored (complete, checksum-verified versions only) into
+    # repository_cache_dir, which becomes model_repository; the admin state lives in the
+    # store, shared by every replica. Endpoint and credentials: the AWS SDK's variables
+    # (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+    repository_url: str | None = None  # set from an s3:// model_repository, not by hand
+    repository_cache_dir: Path | None = None  # default <tmp>/layerscope-repository-<hash>
+    # KServe's layout: model_repository (/mnt/models) holds ONE model's version folders,
+    # served under this name (the ClusterServingRuntime sets it from the InferenceService)
+    model_name: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _object_storage(cls, data: Any) -> Any:
+        """An s3:// repository: the URL to sync from, the local cache folder to serve."""
+        if isinstance(data, dict):
+            url = data.get("model_repository")
+            if isinstance(url, str) and url.startswith("s3://"):
+                from service.storage import default_cache_dir
+
+                data = dict(data)
+                data["repository_url"] = url.rstrip("/")
+                data["model_repository"] = data.get("repository_cache_dir") or (
+                    default_cache_dir(url.rstrip("/"))
+                )
+        return data
 
     @model_validator(mode="after")
     def _check_buffer(self) -> Settings:

@@ -124,10 +124,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = _overrides(args)
     load_config(args.model, overrides)  # fail fast (exit 2) before importing TensorFlow
+    from training.publish import is_store, publishing_to, upload
+
     started = time.perf_counter()
-    path = train(args.model, models_root=args.models_root, data_dir=_data_dir(args),
-                 overrides=overrides, log=None if args.quiet else _log)
-    _summary(path, time.perf_counter() - started)
+    with publishing_to(args.models_root) as root:  # s3://: staged here, then uploaded
+        path = train(args.model, models_root=root, data_dir=_data_dir(args),
+                     overrides=overrides, log=None if args.quiet else _log)
+        _summary(path, time.perf_counter() - started)
+        if is_store(args.models_root):
+            _log(f"== uploaded to {upload(path, args.models_root)}")
     return 0
 
 
@@ -169,12 +174,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from training import import_model as im
+    from training.publish import is_store, publishing_to, upload
 
+    with publishing_to(args.model_dir) as root:  # s3://: staged here, then uploaded
+        status, folder = _import(args, im, Path(root))
+        if status == 0 and is_store(args.model_dir):
+            _log(f"== uploaded to {upload(folder, args.model_dir)}")
+    return status
+
+
+def _import(args: argparse.Namespace, im, model_dir: Path) -> tuple[int, Path | None]:
     try:
         options = im.ImportOptions(
             path=Path(args.path),
             name=args.name,
-            model_dir=Path(args.model_dir),
+            model_dir=model_dir,
             class_names=im.parse_class_names(args.class_names),
             threshold=im.parse_threshold(args.threshold),
             task=im.parse_task(args.task),
@@ -183,11 +197,11 @@ def cmd_import(args: argparse.Namespace) -> int:
             reference=Path(args.reference) if args.reference else None,
             custom_objects_modules=list(args.custom_objects_module or ()),
         )
-        im.import_model(options, log=None if args.quiet else _log)
+        folder = im.import_model(options, log=None if args.quiet else _log)
     except im.InvalidImport as exc:
         print(f"error: invalid import: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    return 0
+        return EXIT_CONFIG, None
+    return 0, folder
 
 
 # --------------------------------------------------------------------------- parser
@@ -203,8 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-dir", help="data directory (default $LAYERSCOPE_DATA_DIR)")
         if not train_like:
             return
-        sp.add_argument("--models-root", help="publish under DIR/<name> (default: the "
-                                              "model.yaml's folder)")
+        sp.add_argument("--models-root", help="publish under DIR/<name> or s3://bucket/"
+                                              "prefix/<name> (default: the model.yaml's "
+                                              "folder)")
         sp.add_argument("--epochs", type=int, help="override training.epochs")
         sp.add_argument("--limit", type=int, help="use a stratified subset of N rows")
         sp.add_argument("--seed", type=int, help="override training.seed")
@@ -259,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path", help="the model file (model.save('model.keras'))")
     i.add_argument("--name", required=True, help="the model's name in the repository")
     i.add_argument("--model-dir", default=os.environ.get("LAYERSCOPE_MODEL_REPOSITORY", "models"),
-                   help="the repository root (default $LAYERSCOPE_MODEL_REPOSITORY or models)")
+                   help="the repository root, a folder or s3://bucket/prefix (default "
+                        "$LAYERSCOPE_MODEL_REPOSITORY or models)")
     i.add_argument("--class-names", action="append", metavar="[OUTPUT=]A,B,...",
                    help="class names of a classification output")
     i.add_argument("--threshold", action="append", metavar="[OUTPUT=]T",

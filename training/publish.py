@@ -232,3 +232,35 @@ def clean_stale_staging(model_root: str | os.PathLike) -> list[Path]:
                 shutil.rmtree(child, ignore_errors=True)
                 removed.append(child)
     return removed
+
+
+# -- object storage (docs/scaling.md) -------------------------------------------------------
+def is_store(root: object) -> bool:
+    """An ``s3://bucket/prefix`` repository rather than a folder."""
+    return str(root).startswith("s3://")
+
+
+@contextlib.contextmanager
+def publishing_to(root: str | None) -> Iterator[str | None]:
+    """``--models-root`` / ``--model-dir`` as the pipeline needs it: a folder as given, or
+    for an ``s3://`` repository a local staging root whose published versions are then
+    uploaded (every file, ``model.keras`` after the others, ``metadata.json`` renumbered
+    and last; readers take a version only once metadata.json and every checksum are in).
+    The caller passes the yielded folder to the pipeline and ``upload(version_folder)``."""
+    if not is_store(root):
+        yield root
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="layerscope-publish-") as tmp:
+        yield tmp
+
+
+def upload(version_folder: str | os.PathLike, url: str) -> str:
+    """Upload a published local version to the ``s3://`` repository ``url`` as the next
+    version of its model; returns the version's URL."""
+    from service.storage import upload_version
+
+    folder = Path(version_folder)
+    name = json.loads((folder / METADATA_FILE).read_text())["name"]
+    return upload_version(folder, url, name)

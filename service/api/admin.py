@@ -12,6 +12,13 @@ worker started later (a restart after a crash) applies it before its first load.
 persists across restarts, like a model config file; delete it to return to the defaults
 (serve the newest versions).
 
+Replicas (docs/scaling.md): with an ``s3://`` repository the state is the object
+``<prefix>/.admin-state.json`` in the store, so every replica shares it. A change is
+read, edited and uploaded there (under the local ``flock``; two replicas changing the
+state in the same instant: the last upload wins), then mirrored into the local cache at
+once; every other replica's sync mirrors it within one poll interval and its watcher
+applies it as above. A local repository (one host, or a shared volume) keeps the file.
+
 State file: ``{"generation": n, "models": {name: {"default": v | null, "unloaded": [v],
 "loaded": [v]}}, "retry": {name: [v]}}``; ``retry`` lists failed versions a ``load`` asked
 to try again (once per generation)."""
@@ -67,6 +74,7 @@ class Watcher:
     def __init__(self, repo, path: Path):
         self.repo, self.path = repo, path
         self.seen: tuple | None = None
+        self.remote = None  # service.storage.Syncer when the state lives in an s3:// store
         self.generation: int | None = None
         self._lock = threading.Lock()
         self.stop = threading.Event()
@@ -111,8 +119,9 @@ class Watcher:
 
 
 @contextlib.contextmanager
-def _locked_state(path: Path):
-    """Read-modify-write of the state file under an exclusive flock (workers race)."""
+def _locked_state(path: Path, remote=None):
+    """Read-modify-write of the state file under an exclusive flock (workers race); with
+    ``remote`` (an s3:// repository's syncer) the state read and written is the store's."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = open(path.with_name(path.name + ".lock"), "a+")  # noqa: SIM115
@@ -124,9 +133,12 @@ def _locked_state(path: Path):
         ) from None
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        data = read_state(path)
+        data = read_state(path) if remote is None else _read_remote(remote)
         yield data
         data["generation"] = int(data.get("generation") or 0) + 1
+        if remote is not None:
+            _write_remote(remote, data)
+            return
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
@@ -137,6 +149,29 @@ def _locked_state(path: Path):
             raise LayerscopeError(
                 f"cannot write the admin state file {path}: {exc.strerror}", 503
             ) from None
+
+
+def _read_remote(remote) -> dict:
+    try:
+        data = remote.read_state()
+    except Exception as exc:  # the store is unreachable: refuse rather than guess
+        raise LayerscopeError(
+            f"cannot read the admin state from {remote.store.url}: {exc}", 503
+        ) from None
+    data = data if isinstance(data, dict) else {}
+    data.setdefault("generation", 0)
+    data.setdefault("models", {})
+    data.setdefault("retry", {})
+    return data
+
+
+def _write_remote(remote, data: dict) -> None:
+    try:
+        remote.write_state(json.dumps(data, indent=1, sort_keys=True).encode())
+    except Exception as exc:
+        raise LayerscopeError(
+            f"cannot write the admin state to {remote.store.url}: {exc}", 503
+        ) from None
 
 
 def _watcher() -> Watcher:
@@ -168,7 +203,7 @@ def _check_version(name: str, version: int) -> None:
 def _change(name: str | None, edit) -> dict:
     """Apply ``edit(rule, data)`` to the state file, then to this worker; report."""
     watcher = _watcher()
-    with _locked_state(watcher.path) as data:
+    with _locked_state(watcher.path, watcher.remote) as data:
         data["retry"] = {}
         if name is not None:
             rule = data["models"].setdefault(name, {"default": None, "unloaded": [], "loaded": []})
@@ -218,7 +253,7 @@ def reload():
     table = repository().models()
     failed = {n: [v for v, s in vs.items() if s.status == FAILED] for n, vs in table.items()}
     watcher = _watcher()
-    with _locked_state(watcher.path) as data:
+    with _locked_state(watcher.path, watcher.remote) as data:
         data["retry"] = {n: vs for n, vs in failed.items() if vs}
     watcher.apply()
     return jsonify(_report(None))
@@ -307,6 +342,8 @@ def init_app(app: Flask) -> None:
     if cfg.admin_token is None or not cfg.admin_token.get_secret_value():
         return
     watcher = Watcher(app.extensions["layerscope"].repository, state_path(cfg))
+    if cfg.admin_state_file is None:  # an s3:// repository: the state is the store's
+        watcher.remote = app.extensions.get("layerscope_store")
     watcher.apply(refresh=False)  # before the first load: a restarted worker agrees
     app.extensions["layerscope_admin"] = watcher
     app.register_blueprint(bp)

@@ -1,7 +1,8 @@
 """Liveness and readiness, native (/healthz, /readyz) and Open Inference Protocol
 (/v2/health/live, /v2/health/ready). Liveness never touches models, so a worker busy
 loading still answers it; readiness is 200 only when every model's latest version is
-loaded and warmed."""
+loaded and warmed (after the initial load, also while a newer version is still loading
+and an older one serves: a hot reload takes no replica out of its balancer)."""
 
 from __future__ import annotations
 

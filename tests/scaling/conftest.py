@@ -1,0 +1,44 @@
+"""Fixtures of the scaling tests (docs/scaling.md): a real S3 server (rclone), tiny
+models published into it the way the pipeline does, and real Gunicorn servers reading it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests" / "reliability"))
+
+from s3server import RcloneS3  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("s3")
+    server = RcloneS3(tmp / "data", tmp / "rclone.log").start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())  # boto3 in this process (publishing) finds it too
+    yield server
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def publish_to_store(url: str, staging: Path, kind: str = "tabular", seed: int = 0,
+                     name: str | None = None) -> str:
+    """A tiny model built by tests/service/svc_factory, published into ``staging`` and
+    uploaded as the next version under the s3:// repository ``url`` (metadata.json last)."""
+    import svc_factory
+
+    from training.publish import upload
+
+    folder = svc_factory.publish(staging, kind, seed=seed, name=name)
+    return upload(folder, url)
