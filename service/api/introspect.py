@@ -346,7 +346,7 @@ def samples(name: str, version: int | None):
                 "model": runtime.name,
                 "version": runtime.version,
                 "total": 0,
-                "input": runtime.inputs[0] if single else None,
+                "input": runtime.metadata.get("input") if single else None,
                 "inputs": runtime.inputs,
                 "samples": [],
                 "reason": exc.message,
@@ -373,7 +373,7 @@ def samples(name: str, version: int | None):
             "model": runtime.name,
             "version": runtime.version,
             "total": total,
-            "input": runtime.inputs[0] if single else None,
+            "input": runtime.metadata.get("input") if single else None,
             "inputs": runtime.inputs,
             "samples": out,
         }

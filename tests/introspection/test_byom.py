@@ -463,3 +463,47 @@ def runtimes_of(client):
             return app.extensions["layerscope"].repository.get(name)
 
     return get
+
+
+def test_gradcam_of_a_regression_unit_in_a_sequential_holding_a_backbone():
+    """Library level: a Sequential around a functional backbone, a linear 2-unit head;
+    Grad-CAM of unit 1 equals the hand computation (the gradient of the raw value)."""
+    from service.introspection import attribution
+
+    keras.utils.set_random_seed(5)
+    inner = keras.Input((12, 12, 3))
+    h = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="conv")(inner)
+    backbone = keras.Model(inner, h, name="features")
+    model = keras.Sequential(
+        [
+            keras.Input((12, 12, 3)),
+            backbone,
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(2, name="head"),
+        ]
+    )
+    x = np.random.default_rng(2).uniform(0, 1, (3, 12, 12, 3)).astype(np.float32)
+    explainers = attribution.Explainers(model)
+    assert explainers.spatial_layers() == ["features/conv", "features"]
+    cam = explainers.gradcam()
+    assert cam.layer == "features/conv"
+    out = cam(x, np.full(3, -1, np.int32), unit=1)
+    with tf.GradientTape() as tape:
+        feats = backbone(x)
+        tape.watch(feats)
+        value = model.get_layer("head")(model.get_layer("gap")(feats))[:, 1]
+    grads = tape.gradient(value, feats)
+    want = np.asarray(
+        tf.nn.relu(tf.reduce_sum(tf.reduce_mean(grads, (1, 2), keepdims=True) * feats, -1))
+    )
+    want = want / np.maximum(want.max(axis=(1, 2), keepdims=True), 1e-30)
+    np.testing.assert_allclose(out["cam"], want, atol=1e-5)
+    np.testing.assert_allclose(out["probs"], np.asarray(model(x)), atol=1e-5)
+    assert (out["class"] == 1).all()
+    ig = explainers.integrated_gradients()(
+        x, np.zeros((12, 12, 3), np.float32), np.full(3, -1, np.int32), steps=128, unit=1
+    )
+    delta = np.asarray(model(x))[:, 1] - np.asarray(model(np.zeros((1, 12, 12, 3))))[0, 1]
+    np.testing.assert_allclose(ig["delta"], delta, atol=1e-5)
+    assert (ig["relative_error"][np.abs(delta) > 1e-3] < 0.05).all()
+    assert ig["attributions"].shape == x.shape
