@@ -573,6 +573,7 @@ class ModelRuntime:
             "introspection": md.get("introspection"),
             "libraries": md.get("libraries"),
             "reference": md.get("reference"),
+            "reference_sample": self.reference_path() is not None,
             **({"runtime": self.accelerator.describe(self)} if self.accelerator else {}),
         }
 
