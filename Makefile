@@ -6,6 +6,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEFAULT_MODELS := fraud fashion mnist
 SYSTEM_PACKAGES := prometheus chromium chromium-driver wrk hey
+# HAProxy: the load balancer in front of two replicas (tests/scaling, docs/scaling.md).
+SYSTEM_PACKAGES += haproxy
 
 # Real data sets live beside the project (../shared/datasets) unless told otherwise.
 LAYERSCOPE_DATA_DIR ?= $(abspath ../shared/datasets)
@@ -26,7 +28,7 @@ install: $(STAMP)
 
 # Debian packages the tests drive for real (Prometheus, headless Chromium, load generators).
 system-deps:
-	@missing=""; for b in prometheus promtool chromium wrk hey; do \
+	@missing=""; for b in prometheus promtool chromium wrk hey haproxy; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \
