@@ -31,7 +31,7 @@ def served(s3, tmp_path_factory):
     server = Server(
         None,
         tmp,
-        workers=1,
+        workers=2,  # two workers share one cache (one syncs at a time, under an flock)
         LAYERSCOPE_MODEL_REPOSITORY=url,
         LAYERSCOPE_REPOSITORY_CACHE_DIR=str(tmp / "cache"),
         LAYERSCOPE_POLL_INTERVAL=str(POLL),
@@ -118,6 +118,21 @@ def test_a_version_deleted_from_the_store_is_unloaded(served, s3):
     wait_for(lambda: 2 not in _versions(served), 20, what="v2 unloaded")
     assert not (served.tmp_root / "cache" / "fraud" / "2").exists()
     assert served.post("/models/fraud/predict", json=_rows()).json()["version"] == 1
+
+
+def test_serving_yaml_is_mirrored_and_reloads_the_model(served, s3):
+    def loaded_at():
+        return next(v["loaded_at"] for v in served.get("/models/fraud").json()["versions"])
+
+    before = loaded_at()
+    key = f"{PREFIX}/fraud/serving.yaml"
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=b"threshold: 0.9\n")
+    cached = served.tmp_root / "cache" / "fraud" / "serving.yaml"
+    wait_for(cached.is_file, 10, what="serving.yaml mirrored")
+    assert cached.read_text() == "threshold: 0.9\n"
+    wait_for(lambda: loaded_at() != before, 30, what="the version reloaded with it")
+    s3.client().delete_object(Bucket=BUCKET, Key=key)
+    wait_for(lambda: not cached.exists(), 10, what="serving.yaml removed")
 
 
 def test_an_unreachable_store_is_reported_and_the_cache_keeps_serving(served, s3):
