@@ -8,6 +8,8 @@ DEFAULT_MODELS := fraud fashion mnist
 SYSTEM_PACKAGES := prometheus chromium chromium-driver wrk hey
 # HAProxy: the load balancer in front of two replicas (tests/scaling, docs/scaling.md).
 SYSTEM_PACKAGES += haproxy
+# A Docker engine, compose and debootstrap (the local base image) for tests/deploy/.
+SYSTEM_PACKAGES += docker.io docker-compose debootstrap
 
 # Real data sets live beside the project (../shared/datasets) unless told otherwise.
 LAYERSCOPE_DATA_DIR ?= $(abspath ../shared/datasets)
@@ -26,9 +28,10 @@ $(STAMP): pyproject.toml scripts/requirements.py
 
 install: $(STAMP)
 
-# Debian packages the tests drive for real (Prometheus, headless Chromium, load generators).
+# Debian packages the tests drive for real (Prometheus, headless Chromium, load generators,
+# a Docker engine with compose and debootstrap for the container tests).
 system-deps:
-	@missing=""; for b in prometheus promtool chromium wrk hey haproxy; do \
+	@missing=""; for b in prometheus promtool chromium wrk hey dockerd docker-compose debootstrap haproxy; do \
 	  command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages for:$$missing"; \

@@ -20,6 +20,10 @@ THIRD_PARTY_ENV = {
     "TF_CPP_MIN_LOG_LEVEL",
     "CUDA_VISIBLE_DEVICES",
     "PROMETHEUS_MULTIPROC_DIR",  # prometheus_client; set and emptied by the entrypoint
+    "HOME",  # the image user's home: caches of libraries that know no other variable
+    "XDG_CACHE_HOME",  # fontconfig and other XDG-minded caches
+    "MPLCONFIGDIR",  # matplotlib's config and font cache (the trainer's plots)
+    "KERAS_HOME",  # keras.json and Keras' cache
 }
 
 
@@ -70,6 +74,20 @@ def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
         keyword, _, rest = line.partition(" ")
         out.append((keyword.upper(), rest.strip()))
     return out
+
+
+def dockerfile_stages(path: Path) -> dict[str, list[tuple[str, str]]]:
+    """Instructions per build stage (``FROM ... AS name``), in file order; a stage's
+    instructions start with its FROM. The global ARGs before the first FROM are "ARG"."""
+    stages: dict[str, list[tuple[str, str]]] = {"ARG": []}
+    current = "ARG"
+    for keyword, args in dockerfile_instructions(path):
+        if keyword == "FROM":
+            words = args.split()
+            current = words[2] if len(words) == 3 and words[1].upper() == "AS" else words[0]
+            stages[current] = []
+        stages[current].append((keyword, args))
+    return stages
 
 
 def copy_sources(args: str) -> list[str]:

@@ -23,6 +23,7 @@ from tests.deploy.project import (
     URL_IN_TEXT,
     copy_sources,
     dockerfile_instructions,
+    dockerfile_stages,
     env_pairs,
     env_read_by_project,
     url_rules,
@@ -47,6 +48,11 @@ def rules(tmp_path_factory) -> frozenset[str]:
 @pytest.fixture(scope="module")
 def docker() -> list[tuple[str, str]]:
     return dockerfile_instructions(DOCKERFILE)
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, list[tuple[str, str]]]:
+    return dockerfile_stages(DOCKERFILE)
 
 
 def interpolate(value: str) -> str:
@@ -180,7 +186,12 @@ def test_ports_agree_everywhere(compose, rules):
     env = environment(service)
     port = env["LAYERSCOPE_PORT"]
     assert env["LAYERSCOPE_HOST"] == "0.0.0.0"
-    assert [p.split(":")[1] for p in service["ports"]] == [port]
+    published = [interpolate(p).split(":") for p in service["ports"]]
+    assert [p[-1] for p in published][0] == port
+    for name, svc in compose["services"].items():  # never on all interfaces
+        for p in svc.get("ports", []):
+            host_ip, _host_port, _inner = interpolate(p).split(":")
+            assert host_ip == "127.0.0.1", (name, p)
     check = " ".join(service["healthcheck"]["test"])
     match = re.search(r"http://127\.0\.0\.1:(\d+)(/[a-z/]*)", check)
     assert match and match.group(1) == port
@@ -212,38 +223,63 @@ def test_compose_environment_values_are_valid_settings(compose):
 
 
 # -- Dockerfile ----------------------------------------------------------------------------
-def test_dockerfile_is_multi_stage_on_slim_python(docker):
-    stages = [args for kw, args in docker if kw == "FROM"]
-    assert len(stages) >= 2
-    assert all(s.split()[0] == "python:3.11-slim" for s in stages)
+def test_dockerfile_stages_on_a_base_image_argument(stages):
+    """ARG BASE_IMAGE (default python:3.11-slim) is the first stage's base; every other
+    stage builds on an earlier one; serving is the last (default) target, training a
+    separate one."""
+    args = dict(a.split("=", 1) for kw, a in stages["ARG"] if kw == "ARG")
+    assert args == {"BASE_IMAGE": "python:3.11-slim"}
+    names = [name for name in stages if name != "ARG"]
+    froms = [stages[name][0][1].split()[0] for name in names]
+    assert froms[0] == "${BASE_IMAGE}"
+    for i, parent in enumerate(froms[1:], 1):
+        assert parent in names[:i], f"stage {names[i]} builds on {parent}"
+    assert names[-1] == "serving" and "training" in names
 
 
-def test_dockerfile_copy_sources_exist(docker):
-    stage_names = {a.split()[-1] for kw, a in docker if kw == "FROM" and " AS " in a.upper()}
+def test_dockerfile_copy_sources_exist(docker, stages):
     copies = [args for kw, args in docker if kw in ("COPY", "ADD")]
     assert copies
     for args in copies:
         if "--from=" in args:
-            assert args.split("--from=")[1].split()[0] in stage_names
+            assert args.split("--from=")[1].split()[0] in stages
             continue
         for source in copy_sources(args):
             assert (ROOT / source).exists(), f"COPY source {source} does not exist"
 
 
-def test_dockerfile_user_entrypoint_and_healthcheck(docker, rules):
-    users = [args for kw, args in docker if kw == "USER"]
+def inherited(stages, name: str, keyword: str) -> list[str]:
+    """``keyword``'s arguments in stage ``name`` and the stages it builds on, oldest first."""
+    chain = []
+    while name in stages:
+        chain.insert(0, name)
+        name = stages[name][0][1].split()[0]
+    return [args for stage in chain for kw, args in stages[stage] if kw == keyword]
+
+
+def test_dockerfile_serving_stage_user_entrypoint_and_healthcheck(stages, rules):
+    users = inherited(stages, "serving", "USER")
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    entry = json.loads(next(args for kw, args in docker if kw == "ENTRYPOINT"))
+    entry = json.loads(inherited(stages, "serving", "ENTRYPOINT")[-1])
     assert entry == ["service/entrypoint.sh"]
     assert os.access(ROOT / entry[0], os.X_OK)
-    health = next(args for kw, args in docker if kw == "HEALTHCHECK")
+    health = inherited(stages, "serving", "HEALTHCHECK")[-1]
     command = json.loads(health[health.index("CMD") + 3 :])  # exec form, valid JSON
     assert command[:2] == ["python", "-c"]
     compile(command[2], "<healthcheck>", "exec")
     paths = {m.group(1) for m in URL_IN_TEXT.finditer(health)}
     assert paths == {"/readyz"} and "/readyz" in rules
-    volumes = [json.loads(args) for kw, args in docker if kw == "VOLUME"]
+    volumes = [json.loads(args) for args in inherited(stages, "serving", "VOLUME")]
     assert ["/app/models"] in volumes
+
+
+def test_dockerfile_training_stage_runs_train_missing_without_a_healthcheck(stages, compose):
+    users = inherited(stages, "training", "USER")
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert inherited(stages, "training", "HEALTHCHECK")[-1] == "NONE"
+    entry = json.loads(inherited(stages, "training", "ENTRYPOINT")[-1])
+    assert entry == compose["services"]["trainer"]["entrypoint"] == ["deploy/train-missing.sh"]
+    assert json.loads(inherited(stages, "training", "CMD")[-1]) == ["fraud", "fashion", "mnist"]
 
 
 def test_dockerfile_environment_is_read(docker):
@@ -254,19 +290,48 @@ def test_dockerfile_environment_is_read(docker):
     assert env["LAYERSCOPE_MODEL_REPOSITORY"] == "/app/models"
     for var in env:
         assert env_read_by_project(var), f"Dockerfile ENV {var} is read by nothing"
+    for cache in ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "KERAS_HOME"):
+        assert env[cache].startswith("/home/layerscope"), cache
+
+
+def requirements(*args: str) -> list[str]:
+    return subprocess.run(
+        [sys.executable, "scripts/requirements.py", *args],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()
 
 
 def test_dockerfile_installs_the_pinned_project_dependencies(docker):
     runs = " ".join(args for kw, args in docker if kw == "RUN")
-    assert "scripts/requirements.py" in runs and "pip install -r requirements.txt" in runs
-    pins = subprocess.run(
-        [sys.executable, "scripts/requirements.py"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\[\]-]+==[0-9][0-9A-Za-z.+-]*", p) for p in pins)
+    assert "scripts/requirements.py --serving > serving.txt" in runs
+    assert "scripts/requirements.py --serving --extra train | grep -vxFf serving.txt" in runs
+    assert "pip install -r /opt/requirements/serving.txt" in runs
+    assert "pip install -r /opt/requirements/training.txt -c /opt/requirements/serving.txt" in runs
+    pin = re.compile(r"[A-Za-z0-9_.\[\]-]+==([0-9]+!)?[0-9][0-9A-Za-z.+-]*")
+    local, serving = requirements("--extra", "test"), requirements("--serving")
+    training = requirements("--serving", "--extra", "train")
+    for pins in (local, serving, training):
+        assert pins and all(pin.fullmatch(p) for p in pins), pins
+    names = {p.split("==")[0] for p in serving}
+    assert "tensorflow-cpu" in names and "tensorflow" not in names
+    assert not names & {"pandas", "matplotlib"}  # the training stack stays out
+    assert set(serving) <= set(training) and {"pandas", "matplotlib"} <= {
+        p.split("==")[0] for p in training
+    }
+    # make install: everything, the full TensorFlow wheel, one pin per package
+    assert "tensorflow" in {p.split("==")[0] for p in local}
+    assert {p.split("==")[1] for p in local if p.startswith("tensorflow==")} == {
+        p.split("==")[1] for p in serving if p.startswith("tensorflow-cpu==")
+    }
+    assert len({p.split("==")[0] for p in local}) == len(local)
+
+
+def test_compose_builds_the_dockerfiles_targets_on_the_same_base_argument(compose, stages):
+    for name, target in (("trainer", "training"), ("service", "serving")):
+        build = compose["services"][name]["build"]
+        assert build["target"] == target and target in stages
+        assert interpolate(build["args"]["BASE_IMAGE"]) == "python:3.11-slim"
+    assert compose["services"]["trainer"]["image"] != compose["services"]["service"]["image"]
 
 
 def test_dockerignore_keeps_published_versions_out():
