@@ -266,6 +266,8 @@ class ModelRuntime:
             self._warm()
             self.load_seconds = time.perf_counter() - start
             self.ready = True
+            if self.accelerator is not None and self._accelerate_later():
+                self._accelerate_in_background()
 
     def _build(self, model) -> None:
         try:
@@ -360,8 +362,27 @@ class ModelRuntime:
 
     def _warm(self) -> None:
         self.tensorflow.warm(self.warm_batch())
-        if self.accelerator is not None:
+        if self.accelerator is not None and not self._accelerate_later():
             self.accelerator.attach(self)
+
+    def _accelerate_later(self) -> bool:
+        """A large model serves through TensorFlow as soon as it is warm, and the
+        accelerator converts and gates it in the background (a MobileNetV2's LiteRT
+        conversion and parity gates took minutes); its engines then replace TensorFlow's
+        by one assignment each."""
+        limit = getattr(self.accelerator, "sync_max_params", None)
+        params = self.metadata.get("params") or (self.model.count_params() if self.model else 0)
+        return bool(limit) and params > limit
+
+    def _accelerate_in_background(self) -> None:
+        def run() -> None:
+            try:
+                self.accelerator.attach(self)
+            finally:
+                self.accelerator.pending = False
+
+        self.accelerator.pending = True
+        threading.Thread(target=run, name=f"layerscope-litert-{self.name}", daemon=True).start()
 
     def unload(self) -> None:
         """Mark unserved; requests already holding this runtime finish normally and the

@@ -90,6 +90,7 @@ def runtime_factory(settings):
                 threads=settings.intra_op_threads,
                 required=options.runtime == "litert",
                 activation_parity=options.activation_parity,
+                sync_max_params=settings.litert_sync_max_params,
             )
         return ModelRuntime(
             path, metadata, model_file=model_file, limits=limits, accelerator=accelerator
@@ -314,7 +315,12 @@ class LiteRT:
     takes models with one float32 input of fixed shape and one output."""
 
     def __init__(
-        self, *, threads: int = 1, required: bool = False, activation_parity: str = "absolute"
+        self,
+        *,
+        threads: int = 1,
+        required: bool = False,
+        activation_parity: str = "absolute",
+        sync_max_params: int = 0,
     ):
         allowed = get_args(ActivationParity)
         if activation_parity not in allowed:
@@ -324,6 +330,9 @@ class LiteRT:
             )
         self.threads = max(1, int(threads))
         self.required = required
+        # models with more parameters are accelerated after they serve (0: always at load)
+        self.sync_max_params = int(sync_max_params)
+        self.pending = False  # converting in the background; TensorFlow serves meanwhile
         self.activation_parity = activation_parity
         self.backend = "tensorflow"
         self.backend_error: str | None = None
@@ -495,6 +504,7 @@ class LiteRT:
         return {
             "predict": self.backend,
             "activations": self.activations_backend,
+            "litert_pending": self.pending,
             "litert_parity_max_abs_diff": self.parity,
             "litert_error": self.backend_error,
             "litert_activations_delegate": self.inspector.delegate if self.inspector else None,

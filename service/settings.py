@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     # ("layer-scaled": opt-in; the CNNs' forward pass ~10x faster). Predictions always keep
     # the absolute 1e-5 gate.
     activation_parity: ActivationParity = "absolute"
+    # models with more parameters serve through TensorFlow at once and are converted to
+    # LiteRT in the background (0: every model converted before it serves)
+    litert_sync_max_params: int = Field(1_000_000, ge=0)
     # dynamic batching of plain predictions; auto: on where a batched call is measured
     # (at load) to be much cheaper per row than single-row calls
     batching: Literal["auto"] | bool = "auto"

@@ -453,3 +453,37 @@ def test_limits_refuse_large_models_and_string_inputs(tmp_path):
     state = repo.state("strings", 1)
     assert state.status == FAILED and "dtype string" in state.reason, state.reason
     assert repo.state("price", 1).status == READY  # one bad model does not stop the others
+
+
+def test_a_large_model_serves_at_once_and_is_accelerated_in_the_background(tmp_path):
+    """Above LAYERSCOPE_LITERT_SYNC_MAX_PARAMS the version is ready with TensorFlow, and
+    LiteRT replaces its engines once converted and gated."""
+    pytest.importorskip("ai_edge_litert")
+    import time
+
+    from service.serving import runtime_factory
+    from service.settings import load_settings
+
+    keras.utils.set_random_seed(6)
+    folder = _bare(tmp_path, "price", _regression())
+    make = runtime_factory(load_settings({"litert_sync_max_params": 10}))
+    runtime = make(folder, bare_metadata(folder, "price", 1))
+    runtime.load()
+    assert runtime.ready and runtime._accelerate_later()  # 21 parameters > 10
+    x = _rng_inputs("price", 4)
+    expected = runtime.tensorflow.predict([x])[0]
+    deadline = time.monotonic() + 120
+    while runtime.accelerator.pending and time.monotonic() < deadline:
+        np.testing.assert_allclose(runtime.raw_predict(x), expected, atol=1e-5)  # serving
+        time.sleep(0.05)
+    assert not runtime.accelerator.pending
+    assert runtime.describe()["runtime"]["predict"] == "litert", runtime.describe()["runtime"]
+    assert runtime.predictor is runtime.accelerator.predictor
+    np.testing.assert_allclose(runtime.raw_predict(x), expected, atol=1e-5)
+    small = runtime_factory(load_settings())(folder, bare_metadata(folder, "price", 1))
+    small.load()  # under the limit: converted before it serves, as before
+    assert (
+        not small._accelerate_later()
+        and not small.accelerator.pending
+        and small.describe()["runtime"]["predict"] == "litert"
+    )
