@@ -359,7 +359,8 @@ def test_serving_yaml_checksum_is_verified(tmp_path):
     [
         (
             "inputs:\n  x: {kind: picture}\n",
-            "inputs.x.kind: expected one of image, tabular, sequence, tensor. Received: kind='picture'",
+            "inputs.x.kind: expected one of image, tabular, sequence, tensor. "
+            "Received: kind='picture'",
         ),
         ("threshold: 2\n", "threshold: expected a number in (0, 1). Received: threshold=2"),
         ("colour: red\n", "unknown key 'colour'"),
