@@ -32,6 +32,7 @@ import math
 import resource
 import selectors
 import socket
+import struct
 import time
 from collections import deque
 from functools import partial
@@ -150,22 +151,25 @@ class _Reading:
 
 class _Conn(TConn):
     """A gthread connection that knows its worker: its thread's socket operations time
-    out, and its graceful close lingers in the main loop instead of blocking it."""
+    out (SO_RCVTIMEO / SO_SNDTIMEO), and its graceful close lingers in the main loop
+    instead of blocking it."""
 
     def __init__(self, worker, cfg, sock, client, server):
         super().__init__(cfg, sock, client, server)
         self.worker = worker
+        # Only a slow reader of a response (or a request this module left to Gunicorn's
+        # parser) can still block a thread: for at most this long per send / recv. Set in
+        # the kernel once (Python's own socket timeout would cost a poll() per call and two
+        # fcntl() per request); it only acts while the socket is blocking, in a thread.
+        timeval = struct.pack("ll", int(worker.io_timeout), int(worker.io_timeout % 1 * 1e6))
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
         self.reading: _Reading | None = None
         self.passthrough = False  # TLS / h2c prior knowledge: gthread's own path
         self.served = False  # a request of this connection reached a thread
         self.must_close = False  # the current request's answer closes the connection
         self.sent_continue = False
-
-    def init(self):
-        super().init()
-        # Only a slow reader of a response (or a request this module left to Gunicorn's
-        # parser) can still block a thread: for at most this long per send / recv.
-        self.sock.settimeout(self.worker.io_timeout)
 
     def close(self, graceful=False):
         if graceful and not self.passthrough:
@@ -363,6 +367,26 @@ class BufferingThreadWorker(BalancedThreadWorker):
             super().enqueue_req(conn)
             return
         data = conn.parser.unreader.take_buffered() if conn.parser is not None else b""
+        sock = conn.sock
+        if sock.gettimeout() != 0.0:  # gthread leaves kept-alive sockets non-blocking
+            sock.setblocking(False)
+        if not data and conn.served:
+            # A kept-alive connection the poller found readable: its next request, whole
+            # in one read most of the time, goes straight to a thread.
+            try:
+                data = sock.recv(HEAD_READ)
+            except (BlockingIOError, InterruptedError):
+                data = None  # nothing after all: the general path waits for it
+            except OSError:
+                data = b""  # reset: as good as closed
+            if data is None:
+                data = b""
+            elif not data:  # the client closed it
+                self.nr_conns -= 1
+                util.close(sock)
+                return
+            elif self._whole(conn, data):
+                return
         now = time.monotonic()
         r = conn.reading = _Reading(now, now + self.header_timeout, data)
         if self._stop_at is not None:
@@ -372,10 +396,27 @@ class BufferingThreadWorker(BalancedThreadWorker):
         if not conn.served:
             self._first_reads += 1
         self._next_deadline = min(self._next_deadline, r.deadline)
-        conn.sock.setblocking(False)
         if data and self._advance(conn):
             return
         self._pump(conn)
+
+    def _whole(self, conn, data: bytes) -> bool:
+        """Submit ``data`` at once if it holds a whole plain request (the common case);
+        anything else takes the general path (``_advance``)."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        fields = head_fields(data[:end])
+        if fields is _UNUSUAL or fields[1]:
+            return False
+        length = fields[0] or 0
+        if length > self.max_body_bytes or len(data) < end + 4 + length:
+            return False
+        conn.must_close = False
+        conn.sent_continue = False
+        conn.parser.unreader.unread(data)
+        super().enqueue_req(conn)
+        return True
 
     def _on_readable(self, conn, _sock):
         if conn.reading is not None:

@@ -86,6 +86,8 @@ class AttackResult:
             rows = [r for r in self.records if r.kind == kind]
             closed = [r for r in rows if r.closed is not None]
             lives = sorted(r.closed - r.opened for r in closed)
+            # connections reopened once the server had accepted the first burst
+            later = sorted(r.closed - r.opened for r in closed if r.opened > self.started + 1.0)
             bodies = sorted(r.closed - r.head_done for r in closed if r.head_done is not None)
             answers: dict[str, int] = {}
             for r in closed:
@@ -100,6 +102,10 @@ class AttackResult:
                 "answers": answers,
                 "life_max_s": round(lives[-1], 3) if lives else None,
                 "life_median_s": round(lives[len(lives) // 2], 3) if lives else None,
+                "life_p99_s": round(lives[int(0.99 * (len(lives) - 1))], 3) if lives else None,
+                "reopened_life_p99_s": (
+                    round(later[int(0.99 * (len(later) - 1))], 3) if later else None
+                ),
                 "body_phase_max_s": round(bodies[-1], 3) if bodies else None,
             }
         return out

@@ -25,7 +25,11 @@ from .helpers import Server, metric_samples, rss_kb, svc_factory
 HEADER_TIMEOUT = 5.0
 BODY_TIMEOUT = 3.0
 BODY_MIN_RATE = 1_000_000  # bytes/s: a 1 MB body gets 1 s on top of BODY_TIMEOUT
-SLACK = 1.5  # s: the server sweeps every 0.1 s; the attack client polls every 0.05 s
+# s: the server sweeps every 0.1 s and the attack client polls every 0.05 s, but on a
+# loaded 2-core machine either process may wait for a core, and the 850 connections of the
+# first burst wait in the listen backlog until accepted (the timeouts start at the accept)
+SLACK = 1.5  # for 99 % of the connections opened after that first burst
+SLACK_MAX = 3.0  # for every one
 TIMEOUTS = {
     "LAYERSCOPE_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
     "LAYERSCOPE_BODY_TIMEOUT": str(BODY_TIMEOUT),
@@ -282,10 +286,12 @@ def test_hundreds_of_slow_and_idle_connections_leave_predictions_unharmed(server
     assert idle["closed_by_server"] >= 2 * plan.idle, idle
     assert head["answers"] == {"HTTP/1.1 408 Request Timeout": head["closed_by_server"]}, head
     assert body["answers"] == {"HTTP/1.1 408 Request Timeout": body["closed_by_server"]}, body
-    assert head["life_max_s"] < HEADER_TIMEOUT + SLACK, head
-    assert idle["life_max_s"] < HEADER_TIMEOUT + SLACK, idle
+    for kind in (head, idle):
+        assert kind["reopened_life_p99_s"] < HEADER_TIMEOUT + SLACK, kind
+        assert kind["life_max_s"] < HEADER_TIMEOUT + SLACK_MAX, kind
     body_deadline = BODY_TIMEOUT + plan.body_bytes / BODY_MIN_RATE
-    assert body["body_phase_max_s"] < body_deadline + SLACK, body
+    assert body["body_phase_max_s"] < body_deadline + SLACK_MAX, body
+    assert body["reopened_life_p99_s"] < body_deadline + SLACK, body
     assert head["life_median_s"] > HEADER_TIMEOUT - 0.5, head  # the timeout closed them
 
     # memory: what the slow connections hold is small and bounded
