@@ -12,7 +12,6 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 
 from s3server import RcloneS3  # noqa: E402
 
@@ -30,15 +29,3 @@ def s3(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
-
-
-def publish_to_store(url: str, staging: Path, kind: str = "tabular", seed: int = 0,
-                     name: str | None = None) -> str:
-    """A tiny model built by tests/service/svc_factory, published into ``staging`` and
-    uploaded as the next version under the s3:// repository ``url`` (metadata.json last)."""
-    import svc_factory
-
-    from training.publish import upload
-
-    folder = svc_factory.publish(staging, kind, seed=seed, name=name)
-    return upload(folder, url)

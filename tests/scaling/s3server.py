@@ -17,6 +17,8 @@ import requests
 
 from bench.server import free_port
 
+ROOT = Path(__file__).resolve().parents[2]
+
 ACCESS_KEY, SECRET_KEY = "layerscope-test", "layerscope-test-secret"
 BUCKET = "models"
 
@@ -125,3 +127,15 @@ def delete_prefix(s3, bucket: str, prefix: str) -> None:
     listed = s3.list_objects_v2(Bucket=bucket, Prefix=prefix.rstrip("/") + "/")
     for item in listed.get("Contents") or ():
         s3.delete_object(Bucket=bucket, Key=item["Key"])
+
+
+def publish_to_store(url: str, staging: Path, kind: str = "tabular", seed: int = 0,
+                     name: str | None = None) -> str:
+    """A tiny model built by tests/service/svc_factory, published into ``staging`` and
+    uploaded as the next version under the s3:// repository ``url`` (metadata.json last)."""
+    import svc_factory  # tests/service (put on sys.path by tests.reliability.helpers)
+
+    from training.publish import upload
+
+    folder = svc_factory.publish(staging, kind, seed=seed, name=name)
+    return upload(folder, url)

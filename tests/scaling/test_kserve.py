@@ -15,8 +15,9 @@ import kserve_env
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, publish_to_store
-from helpers import Server
+from s3server import ROOT, publish_to_store
+
+from tests.reliability.helpers import Server
 
 KSERVE = ROOT / "deploy" / "kserve"
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, publish_to_store
-from helpers import Server, metric_samples, wait_for
-from s3server import BUCKET, delete_prefix, upload_folder
+from s3server import BUCKET, ROOT, delete_prefix, publish_to_store, upload_folder
+
+from tests.reliability.helpers import Server, metric_samples, wait_for
 
 PREFIX = "repo"
 POLL = 0.5

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import requests
 from balancer import HAProxy
-from conftest import publish_to_store
-from helpers import Load, Server, wait_dead, wait_for
-from s3server import BUCKET
+from s3server import BUCKET, publish_to_store
+
+from tests.reliability.helpers import Load, Server, wait_dead, wait_for
 
 pytestmark = pytest.mark.skipif(HAProxy.binary() is None, reason="haproxy not installed "
                                 "(make system-deps)")
