@@ -199,3 +199,25 @@ def test_training_publishes_into_the_store(served, s3, tmp_path):
     assert meta["version"] == version and meta["name"] == "fraud"
     wait_for(lambda: _versions(served).get(version) == "ready", 90, what="trained version")
     assert not list(Path(served.tmp_root / "cache" / "fraud").glob(".sync-*"))
+
+
+def test_import_publishes_into_the_store(served, s3, tmp_path):
+    """``python -m training import model.keras --name NAME --model-dir s3://...``."""
+    import keras
+
+    inp = keras.Input((4,), name="input")
+    out = keras.layers.Dense(1, activation="sigmoid", name="output")(
+        keras.layers.Dense(3, activation="relu", name="dense_1")(inp)
+    )
+    keras.Model(inp, out).save(tmp_path / "tiny.keras")
+    env = {**os.environ, **s3.env(), "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "training", "import", str(tmp_path / "tiny.keras"),
+         "--name", "imported", "--model-dir", s3.url(PREFIX), "-q"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert f"uploaded to {s3.url(PREFIX)}/imported/1" in proc.stdout + proc.stderr
+    wait_for(lambda: _versions(served, "imported").get(1) == "ready", 60, what="imported v1")
+    r = served.post("/models/imported/predict", json={"instances": [[0.1, 0.2, 0.3, 0.4]]})
+    assert r.status_code == 200, r.text
