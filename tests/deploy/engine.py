@@ -55,10 +55,13 @@ def set_reporter(write: Callable[[str], None] | None) -> None:
 
 def progress(message: str) -> None:
     """One line to progress.log and to the terminal."""
-    STATE.mkdir(parents=True, exist_ok=True)
     line = f"{time.strftime('%H:%M:%S')} docker-tests: {message}"
-    with PROGRESS.open("a") as f:
-        f.write(line + "\n")
+    try:
+        STATE.mkdir(parents=True, exist_ok=True)
+        with PROGRESS.open("a") as f:
+            f.write(line + "\n")
+    except OSError:  # another user's state folder: the terminal line still goes out
+        pass
     if _reporter is not None:
         _reporter(line)
 
@@ -111,7 +114,7 @@ def _engine_answers() -> bool:
 @contextlib.contextmanager
 def _lock(name: str) -> Iterator[None]:
     STATE.mkdir(parents=True, exist_ok=True)
-    with open(STATE / f"{name}.lock", "w") as f:
+    with open(STATE / f"{name}.lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
