@@ -370,7 +370,7 @@ def _sample_row(runtime, sample: Sample, i: int) -> dict:
     return item
 
 
-@_routes("/layers/<layer>/units/<int:unit>/top", methods=["GET"])
+@_routes("/layers/<path:layer>/units/<int:unit>/top", methods=["GET"])
 def unit_top(name: str, version: int | None, layer: str, unit: int):
     runtime, sample, layer, reduce, indices, values = _atlas(name, version, layer, unit)
     images = [s["name"] for s in runtime.inputs if s.get("kind") == "image"]
@@ -407,7 +407,7 @@ def unit_top(name: str, version: int | None, layer: str, unit: int):
     )
 
 
-@_routes("/layers/<layer>/units/<int:unit>/top.png", methods=["GET"])
+@_routes("/layers/<path:layer>/units/<int:unit>/top.png", methods=["GET"])
 def unit_top_png(name: str, version: int | None, layer: str, unit: int):
     runtime, sample, layer, _, indices, values = _atlas(name, version, layer, unit)
     position = next((k for k, s in enumerate(runtime.inputs) if s.get("kind") == "image"), None)
@@ -438,7 +438,7 @@ def _projection(name: str, version: int | None, layer: str):
     return runtime, sample, layer, pca, sketched
 
 
-@_routes("/layers/<layer>/projection", methods=["GET"])
+@_routes("/layers/<path:layer>/projection", methods=["GET"])
 def projection(name: str, version: int | None, layer: str):
     runtime, sample, layer, pca, sketched = _projection(name, version, layer)
     return jsonify(
@@ -457,7 +457,7 @@ def projection(name: str, version: int | None, layer: str):
     )
 
 
-@_routes("/layers/<layer>/projection.png", methods=["GET"])
+@_routes("/layers/<path:layer>/projection.png", methods=["GET"])
 def projection_png(name: str, version: int | None, layer: str):
     runtime, sample, _, pca, _ = _projection(name, version, layer)
     names = runtime.class_names if sample.task == "classification" else None
