@@ -4,13 +4,21 @@
 // (one picture per layer) and /explain. Input forms are generated from the input spec:
 // a drawing canvas + upload per image input, a token box per integer sequence, a feature
 // table per tabular input, a JSON box for any other tensor; one form per input.
+// What the layers learned (service/api/understand.py), per served version with a reference
+// sample: probes (/probes, polled while it answers 202, + probes.png), a unit atlas per
+// card (/layers/{l}/units/{k}/top + top.png), a lazy PCA projection per hidden layer
+// (/layers/{l}/projection + .png) and, with two or more ready versions, linear CKA between
+// them (/compare + compare.png). Nothing is asked that would answer 4xx: probes only for
+// a labelled reference sample, nothing of it for a model without a graph.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const HOT = [[0, 0, 0], [180, 0, 0], [255, 120, 0], [255, 230, 0], [255, 255, 255]];
 const PICTURE_CONCURRENCY = 4;
 const MAX_IG_VALUES = 4000000; // the server's cap on instances x (steps + 1) x path values
-const state = { model: null, meta: null, samples: [], forms: [], runId: 0 };
+const state = { model: null, meta: null, samples: [], forms: [], runId: 0, understandId: 0, reference: false };
+const RECURRENT = /^(LSTM|GRU|SimpleRNN|RNN|Bidirectional)$/;
+const ATLAS_N = 9;
 
 function setStatus(text, isError) {
   const el = $("status");
@@ -441,6 +449,13 @@ function clearLayerCards() {
   for (const id of Object.values(GROUPS)) $(id).textContent = "";
 }
 
+// A recurrent layer's (batch, time, units) output, or an RNN's derived name:sequence: its
+// picture is a time x unit heat map of the hidden state.
+function isHiddenState(row) {
+  const recurrent = row.derived === "sequence" || RECURRENT.test(row.type);
+  return recurrent && row.output_shape.length === 3;
+}
+
 function buildLayerCards() {
   clearLayerCards();
   for (const row of computedLayers()) {
@@ -450,7 +465,13 @@ function buildLayerCards() {
     const head = el("div", { className: "layer-head", text: row.name },
       el("small", { text: `${row.type} · ${shapeText(row.output_shape.slice(1))}${extra}${where} · ${row.role}` }));
     const card = el("div", { className: "layer", "data-layer": row.name, "data-role": row.role },
-      head, el("div", { className: "layer-stats" }), el("canvas", { width: 0, height: 0 }));
+      head, el("div", { className: "layer-stats" }));
+    if (isHiddenState(row)) {
+      card.dataset.hiddenState = "1";
+      card.appendChild(el("div", { className: "picture-caption", text: "hidden state over time (time steps down, units across)" }));
+    }
+    card.appendChild(el("canvas", { width: 0, height: 0 }));
+    if (state.reference) card.append(...understandTools(row));
     host.appendChild(card);
   }
 }
@@ -465,10 +486,18 @@ function renderStats(resp) {
     const c = card(name);
     if (!c) continue;
     const s = inst.layers[name].stats;
-    const top = s.top_k.map((t) => `#${t.unit}=${fmt(t.value)}`).join(" ");
-    c.querySelector(".layer-stats").textContent = `mean ${fmt(s.mean)} · std ${fmt(s.std)} · `
+    const box = c.querySelector(".layer-stats");
+    box.textContent = `mean ${fmt(s.mean)} · std ${fmt(s.std)} · `
       + `min ${fmt(s.min)} · max ${fmt(s.max)} · inactive ${(100 * s.inactive_fraction).toFixed(1)}% · `
-      + `L2 ${fmt(s.l2_norm)} · top ${top}`;
+      + `L2 ${fmt(s.l2_norm)} · top `;
+    for (const t of s.top_k) {
+      const text = `#${t.unit}=${fmt(t.value)}`;
+      if (!state.reference) { box.append(`${text} `); continue; }
+      const unit = el("button", { type: "button", className: "unit", "data-unit": String(t.unit), text,
+        title: `the reference samples that activate unit ${t.unit} the most` });
+      unit.addEventListener("click", () => openAtlas(c, name, t.unit));
+      box.append(unit, " ");
+    }
   }
 }
 
@@ -615,6 +644,348 @@ function explainBody(inst, plan) {
   return body;
 }
 
+// ---------------------------------------------------------------- what the layers learned
+const sleep = (ms) => new Promise((resolve) => { setTimeout(resolve, ms); });
+const versionBase = (v) => `/models/${encodeURIComponent(state.model)}/versions/${v}`;
+const layerPath = (v, layer) => `${versionBase(v)}/layers/${encodeURIComponent(layer)}`;
+const inspectable = (meta) => Boolean(meta) && (!meta.introspection || meta.introspection.available !== false);
+const labelled = (samples) => samples.some((s) => s.label !== undefined || s.target !== undefined);
+const inputKey = (meta) => JSON.stringify(meta.inputs.map((s) => [s.name, s.shape, s.dtype]));
+
+// A PNG into an <img> through fetch (so the introspection token goes with it).
+async function imageInto(img, path) {
+  const resp = await request(path);
+  if (!resp.ok) {
+    const data = await resp.json().catch(() => ({}));
+    throw new Error(data.error || `${resp.status} ${resp.statusText}`);
+  }
+  const url = URL.createObjectURL(await resp.blob());
+  await new Promise((resolve, reject) => {
+    img.onload = resolve;
+    img.onerror = () => reject(new Error(`could not decode ${path}`));
+    img.src = url;
+  });
+  img.dataset.loaded = "1";
+  return img;
+}
+
+function pct(v) { return v === null || v === undefined ? "–" : v.toFixed(3); }
+
+// Per ready version: its metadata and whether it has a (labelled) reference sample.
+async function versionFacts(name, info, id) {
+  const base = `/models/${encodeURIComponent(name)}`;
+  const ready = info.versions.filter((v) => v.status === "ready").map((v) => v.version);
+  const facts = await Promise.all(ready.map(async (v) => {
+    const meta = v === state.meta.version ? state.meta : (await api(`${base}/versions/${v}`)).metadata;
+    if (!inspectable(meta)) return { version: v, meta, open: false };
+    let samples = v === state.meta.version ? state.samples : null;
+    if (samples === null) {
+      samples = meta.reference_sample === false ? [] : (await api(`${base}/versions/${v}/samples?n=8`)).samples;
+    }
+    return { version: v, meta, open: true, reference: samples.length > 0, labelled: labelled(samples) };
+  }));
+  return id === state.understandId ? facts.filter((f) => f.meta) : null;
+}
+
+async function loadUnderstanding(name, info, open) {
+  const id = state.understandId;
+  $("probes").textContent = "";
+  $("compare").textContent = "";
+  $("probes-panel").hidden = true;
+  $("compare-panel").hidden = true;
+  if (!open) return; // a model without a graph: nothing here
+  const facts = await versionFacts(name, info, id);
+  if (!facts) return;
+  const graphs = facts.filter((f) => f.open);
+  if (graphs.length) {
+    $("probes-panel").hidden = false;
+    for (const f of [...graphs].sort((a, b) => b.version - a.version)) {
+      const block = el("div", { className: "probe-block", "data-version": String(f.version) },
+        el("h3", { text: `version ${f.version}` }));
+      $("probes").appendChild(block);
+      if (!f.labelled) {
+        block.appendChild(el("p", { className: "hint", text: f.reference
+          ? "No probes: the reference sample has no labels."
+          : "No probes: this version has no reference sample (publish one with python -m training import --reference)." }));
+        continue;
+      }
+      pollProbes(f.version, block, id).catch((err) => {
+        if (id === state.understandId) block.appendChild(el("p", { className: "hint error", text: err.message }));
+      });
+    }
+  }
+  if (graphs.length >= 2) buildCompare(graphs, id);
+}
+
+async function pollProbes(version, block, id) {
+  const note = el("p", { className: "hint probe-status", text: "probes: computing…" });
+  block.appendChild(note);
+  const started = Date.now();
+  for (;;) {
+    const resp = await request(`${versionBase(version)}/probes`);
+    if (id !== state.understandId) return;
+    if (resp.status === 202) { // computing in the background: not an error, ask again
+      await resp.json().catch(() => ({}));
+      const wait = Math.min(10, Math.max(1, Number(resp.headers.get("Retry-After")) || 2));
+      note.textContent = `probes: computing… (${Math.round((Date.now() - started) / 1000)} s)`;
+      await sleep(wait * 1000);
+      if (id !== state.understandId) return;
+      continue;
+    }
+    const data = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new Error(data.error || `${resp.status} ${resp.statusText}`);
+    note.remove();
+    renderProbes(block, data, version);
+    return;
+  }
+}
+
+function renderProbes(block, data, version) {
+  const metric = data.baseline.metric || (data.task === "regression" ? "r2" : "accuracy");
+  block.appendChild(el("p", { className: "hint", text: `${data.probe}, ${data.folds}-fold on ${data.rows} reference rows${data.seconds !== undefined ? ` (${data.seconds} s)` : ""}` }));
+  const img = el("img", { className: "probe-chart", alt: `probe ${metric} by depth, version ${version}` });
+  block.appendChild(img);
+  imageInto(img, `${versionBase(version)}/probes.png`).catch((err) => block.appendChild(el("p", { className: "hint error", text: err.message })));
+  const table = el("table", { className: "probe-table" },
+    el("thead", {}, el("tr", {}, el("th", { text: "layer" }), el("th", { text: `${metric} (mean ± std)` }),
+      el("th", { text: "vs raw input" }))));
+  const body = el("tbody");
+  const base = data.baseline.mean;
+  const row = (name, r, cls) => {
+    const gain = cls === "baseline" ? "baseline" : `${r.mean - base >= 0 ? "+" : ""}${(r.mean - base).toFixed(3)}`;
+    const label = el("td", { text: name });
+    if (r.projected_from) label.appendChild(el("small", { className: "sketched", text: ` sketched from ${r.projected_from}` }));
+    return el("tr", { className: cls, "data-layer": name },
+      label, el("td", { text: `${pct(r.mean)} ± ${pct(r.std)}` }),
+      el("td", { text: gain }));
+  };
+  body.appendChild(row("input (raw)", data.baseline, "baseline"));
+  for (const r of data.layers) body.appendChild(row(r.layer, r, "layer-row"));
+  table.appendChild(body);
+  block.appendChild(table);
+  block.dataset.ready = "1";
+}
+
+// ---------------------------------------------------------------- compare versions
+function buildCompare(facts, id) {
+  const withRef = facts.filter((f) => f.reference);
+  if (!withRef.length) return; // CKA runs on a's reference sample
+  $("compare-panel").hidden = false;
+  const a = $("compare-a"), b = $("compare-b");
+  a.textContent = ""; b.textContent = "";
+  const versions = facts.map((f) => f.version).sort((x, y) => x - y);
+  for (const f of withRef.sort((x, y) => x.version - y.version)) a.appendChild(el("option", { value: String(f.version), text: `v${f.version}` }));
+  for (const v of versions) b.appendChild(el("option", { value: String(v), text: `v${v}` }));
+  const newest = versions[versions.length - 1];
+  const older = withRef.map((f) => f.version).filter((v) => v !== newest);
+  a.value = String(older.length ? older[older.length - 1] : withRef[0].version);
+  b.value = String(newest);
+  const byVersion = new Map(facts.map((f) => [f.version, f]));
+  const go = () => compare(byVersion, Number(a.value), Number(b.value), id);
+  a.onchange = go; b.onchange = go;
+  go();
+}
+
+async function compare(byVersion, a, b, id) {
+  const host = $("compare");
+  host.textContent = "";
+  host.dataset.ready = "";
+  const note = $("compare-note");
+  if (inputKey(byVersion.get(a).meta) !== inputKey(byVersion.get(b).meta)) {
+    note.textContent = `v${a} and v${b} take different inputs: CKA compares versions on the same samples.`;
+    return;
+  }
+  note.textContent = "computing…";
+  const query = `?a=${a}&b=${b}`;
+  const base = `/models/${encodeURIComponent(state.model)}`;
+  try {
+    const data = await api(`${base}/compare${query}`);
+    if (id !== state.understandId) return;
+    note.textContent = `${data.method} on ${data.samples} (${data.rows} rows)`;
+    const img = el("img", { className: "compare-chart", alt: `CKA between v${a} and v${b}` });
+    host.append(img, compareSummary(data));
+    await imageInto(img, `${base}/compare.png${query}`);
+    if (id === state.understandId) host.dataset.ready = "1";
+  } catch (err) {
+    if (id === state.understandId) note.textContent = err.message;
+  }
+}
+
+// The matrix's diagonal-ish part: each layer of a against the same layer of b (by name,
+// else by position) and the layer of b it resembles most.
+function compareSummary(data) {
+  const { cka, layers_a: la, layers_b: lb } = data;
+  const table = el("table", { className: "compare-table" },
+    el("thead", {}, el("tr", {}, el("th", { text: `layer (v${data.a})` }),
+      el("th", { text: `CKA with the same layer of v${data.b}` }), el("th", { text: `most similar in v${data.b}` }))));
+  const body = el("tbody");
+  const same = [];
+  la.forEach((name, i) => {
+    let j = lb.indexOf(name);
+    if (j < 0 && la.length === lb.length) j = i;
+    const row = cka[i];
+    let best = 0;
+    row.forEach((v, k) => { if (v > row[best]) best = k; });
+    if (j >= 0) same.push([name, row[j]]);
+    body.appendChild(el("tr", { "data-layer": name },
+      el("td", { text: name }), el("td", { text: j >= 0 ? `${fmt(row[j])}${j !== i || name !== lb[j] ? ` (${lb[j]})` : ""}` : "–" }),
+      el("td", { text: row.length ? `${lb[best]} (${fmt(row[best])})` : "–" })));
+  });
+  table.appendChild(body);
+  const box = el("div", { className: "compare-summary" });
+  if (same.length) {
+    const mean = same.reduce((s, [, v]) => s + v, 0) / same.length;
+    const low = same.reduce((m, e) => (e[1] < m[1] ? e : m));
+    box.appendChild(el("p", { className: "hint", text: `mean CKA of matching layers ${fmt(mean)}; changed the most: ${low[0]} (${fmt(low[1])})` }));
+  }
+  box.appendChild(table);
+  return box;
+}
+
+// ---------------------------------------------------------------- unit atlas, projections
+function unitCount(row) {
+  const shape = row.output_shape;
+  return shape.length > 1 ? shape[shape.length - 1] : 1;
+}
+
+// Controls on a card (only with a reference sample): a unit index -> its top samples, and
+// for a hidden layer a projection toggle, loaded on first use.
+function understandTools(row) {
+  const units = unitCount(row);
+  const unit = el("input", { type: "number", className: "unit-index", min: "0", value: "0", step: "1",
+    "aria-label": `unit of ${row.name}` });
+  if (units) unit.max = String(units - 1);
+  const reduce = el("select", { className: "unit-reduce", "aria-label": `unit activation of ${row.name}` },
+    el("option", { value: "mean", text: "mean" }), el("option", { value: "max", text: "max" }));
+  const show = el("button", { type: "button", className: "atlas-open", text: `top ${ATLAS_N}` });
+  const tools = el("div", { className: "card-tools row" },
+    el("label", {}, `unit${units ? ` (0–${units - 1})` : ""} `, unit));
+  if (row.output_shape.length > 2) tools.append(el("label", { title: "a unit's activation on a sample: its mean or max over every axis but the last" }, "by ", reduce));
+  tools.append(show);
+  const atlas = el("div", { className: "atlas", hidden: "" });
+  const parts = [tools, atlas];
+  show.addEventListener("click", () => {
+    const k = Number(unit.value);
+    const card = show.closest(".layer");
+    if (!Number.isInteger(k) || k < 0 || (units && k >= units)) {
+      atlasMessage(card, `unit ${unit.value} is not in 0..${units ? units - 1 : "?"}`);
+      return;
+    }
+    openAtlas(card, row.name, k);
+  });
+  if (row.role === "hidden") {
+    const toggle = el("button", { type: "button", className: "projection-toggle", text: "projection" });
+    const box = el("div", { className: "projection", hidden: "" });
+    toggle.addEventListener("click", () => toggleProjection(toggle, box, row.name));
+    tools.append(toggle);
+    parts.push(box);
+  }
+  return parts;
+}
+
+function atlasMessage(card, text) {
+  const box = card.querySelector(".atlas");
+  box.hidden = false;
+  box.textContent = "";
+  box.appendChild(el("p", { className: "hint error", text }));
+}
+
+async function openAtlas(card, layer, unit) {
+  const box = card.querySelector(".atlas");
+  if (!box) return;
+  const input = card.querySelector(".unit-index");
+  if (input) input.value = String(unit);
+  const reduceBox = card.querySelector(".unit-reduce");
+  const reduce = reduceBox ? reduceBox.value : "mean";
+  const version = state.meta.version, id = state.understandId;
+  const ticket = String(Number(box.dataset.ticket || 0) + 1);
+  box.dataset.ticket = ticket;
+  box.dataset.ready = "";
+  box.hidden = false;
+  box.textContent = "";
+  box.appendChild(el("p", { className: "hint", text: `unit ${unit}: finding its top samples…` }));
+  const current = () => id === state.understandId && box.dataset.ticket === ticket;
+  try {
+    const data = await api(`${layerPath(version, layer)}/units/${unit}/top?n=${ATLAS_N}&reduce=${reduce}`);
+    if (!current()) return;
+    box.textContent = "";
+    box.dataset.unit = String(unit);
+    const close = el("button", { type: "button", className: "atlas-close", text: "×", title: "close" });
+    close.addEventListener("click", () => { box.hidden = true; box.textContent = ""; });
+    box.appendChild(el("div", { className: "atlas-head" },
+      el("strong", { text: `unit ${unit}` }),
+      ` · top ${data.top.length} of ${data.rows} reference samples by ${data.unit_activation} `, close));
+    let img = null;
+    if (data.thumbnails) {
+      img = el("img", { className: "atlas-thumbs", alt: `top samples of unit ${unit} of ${layer}` });
+      box.appendChild(img);
+    }
+    box.appendChild(atlasTable(data));
+    if (img) await imageInto(img, data.thumbnails);
+    if (current()) box.dataset.ready = "1";
+  } catch (err) {
+    if (current()) atlasMessage(card, err.message);
+  }
+}
+
+// One row per sample: index, activation, label, and feature values for non-image inputs.
+function atlasTable(data) {
+  const columns = [];
+  for (const t of data.top.slice(0, 1)) {
+    for (const [name, value] of Object.entries(t.inputs || {})) {
+      if (value && !Array.isArray(value) && typeof value === "object") {
+        for (const f of Object.keys(value)) columns.push([name, f]);
+      } else {
+        columns.push([name, null]);
+      }
+    }
+  }
+  const many = Object.keys((data.top[0] || {}).inputs || {}).length > 1;
+  const head = el("tr", {}, el("th", { text: "sample" }), el("th", { text: "activation" }), el("th", { text: "label" }),
+    ...columns.map(([name, f]) => el("th", { text: f === null ? name : many ? `${name}.${f}` : f })));
+  const body = el("tbody");
+  for (const t of data.top) {
+    const cells = columns.map(([name, f]) => {
+      const value = t.inputs[name];
+      if (f !== null) return el("td", { text: fmt(value[f]) });
+      const flat = flatten([value]);
+      return el("td", { text: flat.slice(0, 12).map(fmt).join(", ") + (flat.length > 12 ? ", …" : "") });
+    });
+    body.appendChild(el("tr", { "data-index": String(t.index) },
+      el("td", { text: `#${t.index}` }), el("td", { text: fmt(t.activation) }),
+      el("td", { text: t.label === undefined ? "–" : String(t.label) }), ...cells));
+  }
+  return el("div", { className: "atlas-rows" }, el("table", { className: "atlas-table" }, el("thead", {}, head), body));
+}
+
+async function toggleProjection(toggle, box, layer) {
+  if (box.dataset.loaded) { box.hidden = !box.hidden; return; }
+  if (box.dataset.loading) return;
+  box.dataset.loading = "1";
+  box.hidden = false;
+  box.textContent = "";
+  const note = el("p", { className: "hint", text: "projecting the reference sample…" });
+  box.appendChild(note);
+  const version = state.meta.version, id = state.understandId;
+  try {
+    const data = await api(`${layerPath(version, layer)}/projection`);
+    if (id !== state.understandId) return;
+    const [r1, r2] = data.explained_variance_ratio;
+    const sketched = data.projected_from ? ` · sketched from ${data.projected_from} features` : "";
+    note.textContent = `PCA of ${data.rows} reference samples · explained variance PC1 ${(100 * r1).toFixed(1)}%, PC2 ${(100 * r2).toFixed(1)}%${sketched}`;
+    note.className = "hint projection-info";
+    const img = el("img", { className: "projection-chart", alt: `PCA projection of ${layer}` });
+    box.appendChild(img);
+    await imageInto(img, `${layerPath(version, layer)}/projection.png`);
+    box.dataset.loaded = "1";
+  } catch (err) {
+    note.textContent = err.message;
+    note.className = "hint error";
+  } finally {
+    delete box.dataset.loading;
+  }
+}
+
 // ---------------------------------------------------------------- flow
 async function run() {
   if (!state.model) return;
@@ -675,7 +1046,9 @@ async function selectModel(name) {
     state.meta = { ...meta, layers: meta.layers || [] };
     const open = !meta.introspection || meta.introspection.available !== false;
     state.samples = [];
+    state.understandId++;
     if (open) state.samples = (await api(`${base}/samples?n=8`)).samples; // [] without one
+    state.reference = open && state.samples.length > 0; // atlases and projections need it
     $("version").textContent = `version ${meta.version} · ${meta.task}`;
     buildForms(state.meta);
     const select = $("attr-output");
@@ -691,6 +1064,7 @@ async function selectModel(name) {
     if (open) buildLayerCards(); else clearLayerCards();
     state.model = name;
     showSamples();
+    loadUnderstanding(name, info, open).catch((err) => setStatus(err.message, true));
     if (state.samples.length) pickSample(0); else run();
   } catch (err) {
     setStatus(err.message, true);
