@@ -67,6 +67,6 @@ def test_gunicorn_conf_never_imports_tensorflow():
     assert conf["tf"] is False and conf["keras"] is False
     assert conf["bind"] == "127.0.0.1:8765" and conf["workers"] == 2
     assert conf["preload"] is False
-    assert conf["worker_class"] == "service.workers.BalancedThreadWorker"
+    assert conf["worker_class"] == "service.workers.BufferingThreadWorker"
     intra = max(1, cpu_count() // 2)
     assert f"TF_NUM_INTRAOP_THREADS={intra}" in conf["env"]
