@@ -16,12 +16,12 @@ import json
 import os
 import timeit
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from bench.run import load_models
 from service import inputs
+from service.runtime import ModelRuntime
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BATCH = 1024
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---:|---:|---:|---:|")
     for model in load_models(args.repository):
         meta = json.loads((model.version_dir / "metadata.json").read_text())
-        runtime = SimpleNamespace(name=model.name, metadata=meta)  # the decoders read metadata
+        runtime = ModelRuntime(model.version_dir, meta)  # not loaded: the decoders read its spec
         bodies = (("1 instance", model.single), (f"{model.batch_rows} rows", model.batched))
         for label, raw in bodies:
             ordinary, shortcut = decoders(raw, runtime)

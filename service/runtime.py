@@ -422,6 +422,11 @@ class ModelRuntime:
             return self.outputs[0].get("threshold")
         return self.metadata.get("threshold")
 
+    @threshold.setter
+    def threshold(self, value) -> None:
+        """The first output's decision threshold (a binary classification output)."""
+        self.outputs[0]["threshold"] = value
+
     @property
     def single(self) -> bool:
         """One input and one output: the shape every fast path (batching, LiteRT) takes."""

@@ -92,7 +92,7 @@ def test_exposition_has_every_family_with_conventional_names(client):
 
 def test_every_gauge_declares_its_multiprocess_mode():
     gauges = [m for m in vars(metrics).values() if type(m).__name__ == "Gauge"]
-    assert len(gauges) == 6
+    assert len(gauges) == 10
     for gauge in gauges:
         assert gauge._multiprocess_mode in {"livesum", "livemin", "livemax"}
 

@@ -64,6 +64,12 @@ class Runtime:
             "task": "binary_classification",
             "threshold": threshold,
         }
+        # the runtime's views of its first output
+        self.task, self.class_names, self.threshold = (
+            "binary_classification",
+            ["no", "yes"],
+            threshold,
+        )
 
 
 def test_runtime_children_are_resolved_once_per_runtime_object():

@@ -238,9 +238,10 @@ def test_limits_on_body_batch_and_activation_values(repo):
 
 def test_container_runs_as_a_non_root_user():
     text = (ROOT / "Dockerfile").read_text()
-    runtime = text.split("AS runtime", 1)[1]
+    runtime = text.split("AS serving", 1)[1]
     users = re.findall(r"^USER\s+(\S+)", runtime, re.M)
     assert users and users[-1].split(":")[0] not in ("root", "0")
-    uid = re.search(r"useradd[^\n]*--uid (\d+)[^\n]*" + users[-1].split(":")[0], runtime)
+    # the user is made in the stage both images build on
+    uid = re.search(r"useradd[^\n]*--uid (\d+)[^\n]*\n?[^\n]*" + users[-1].split(":")[0], text)
     assert uid and int(uid.group(1)) >= 1000
     assert runtime.index("USER") < runtime.index("ENTRYPOINT")
