@@ -219,8 +219,11 @@ def start_server(
         "PROMETHEUS_MULTIPROC_DIR": str(work / f"metrics-{port}"),
         "PYTHONPATH": str(ROOT),
         "CUDA_VISIBLE_DEVICES": "",
+        "LAYERSCOPE_GRPC_PORT": "0",  # servers of one run must not share gRPC's default port
         **env_extra,
     }
+    # entrypoint.sh makes it; a bare Gunicorn's workers need it too (connection gauges)
+    (work / f"metrics-{port}").mkdir(parents=True, exist_ok=True)
     log = work / f"server-{port}.log"
     if app is None:
         cmd = ["sh", str(ROOT / "service" / "entrypoint.sh")]

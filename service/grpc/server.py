@@ -152,9 +152,9 @@ def serve_in_worker(worker) -> GrpcServer | None:
     """``post_worker_init``: start this worker's server over the app it just loaded, and
     chain a graceful gRPC stop in front of the worker's own SIGTERM handler."""
     global _worker_server
-    from service.wsgi import app  # already imported by the worker: the same app object
-
-    if not app.extensions["layerscope"].settings.grpc_port:
+    app = getattr(worker, "wsgi", None)  # the app this worker loaded and serves
+    state = getattr(app, "extensions", {}).get("layerscope")
+    if state is None or not state.settings.grpc_port:  # another WSGI app (bench.ceiling)
         return None
     try:
         _worker_server = GrpcServer(app).start()
