@@ -155,7 +155,7 @@ def compute_probes(runtime, max_rows: int, max_units: int, folds: int) -> dict:
         "task": sample.task,
         "rows": sample.rows,
         "folds": folds,
-        "probe": "StandardScaler + LogisticRegression (accuracy)"
+        "probe": "StandardScaler + LogisticRegression(C=0.1) (accuracy)"
         if sample.task == "classification"
         else "StandardScaler + Ridge(alpha=1) (R2)",
         "baseline": {"layer": "input", "features": int(raw.shape[1]), **baseline},

@@ -3,8 +3,10 @@
 * **Linear probes** (Alain & Bengio, 2016): per hidden layer, and for the raw input as a
   baseline, a linear model fitted on the layer's activations with stratified k-fold
   cross-validation (``StratifiedKFold(folds, shuffle=True, random_state=0)``):
-  ``make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))`` scored by accuracy
-  for classification, ``make_pipeline(StandardScaler(), Ridge(alpha=1.0))`` scored by R²
+  ``make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))`` scored by
+  accuracy for classification (C=0.1: on 1,000 reference rows the default C=1 overfits a 128-unit
+  layer; fashion's last hidden layer 0.913 -> 0.926 against the model's own 0.945), and
+  ``make_pipeline(StandardScaler(), Ridge(alpha=1.0))`` scored by R²
   (``KFold``) for regression. A layer's features are its activations flattened per sample.
 * **Unit atlas**: the reference samples that activate unit k the most; a unit is the last
   axis (a channel of a feature map, a hidden unit of a recurrent state), its activation on a
@@ -132,7 +134,7 @@ def probe_estimator(task: str):
 
     if task == "regression":
         return make_pipeline(StandardScaler(), Ridge(alpha=1.0))
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
 
 
 def probe_folds(task: str, y: np.ndarray, folds: int):

@@ -110,7 +110,7 @@ def test_probes_equal_scikit_learns_own_cross_validation(client, repo):
     assert layers == client.get("/models/patch/layers").json["hidden_layers"]
     served = _served(client, x, layers)
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000))
     pixels = x.reshape(len(x), -1).astype(np.float64)
     assert result["baseline"]["features"] == 256  # 784 pixels: sketched like any layer
     raw = cross_val_score(probe, u.Sketch(784, 256, seed=0)(pixels), y, cv=cv, scoring="accuracy")
