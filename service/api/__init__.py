@@ -38,6 +38,23 @@ def resolve(name: str, version: int | None = None):
     return runtime
 
 
+def model_routes(bp, rule: str, **kw):
+    """A decorator registering a view on ``bp`` under /models/<name>{rule} (the default
+    version) and /models/<name>/versions/<v>{rule}."""
+
+    def wrap(view):
+        bp.add_url_rule(f"/models/<name>{rule}", view_func=view, defaults={"version": None}, **kw)
+        bp.add_url_rule(
+            f"/models/<name>/versions/<int:version>{rule}",
+            endpoint=f"{view.__name__}_versioned",
+            view_func=view,
+            **kw,
+        )
+        return view
+
+    return wrap
+
+
 def parse_version(text: str) -> int | None:
     """Path versions are '3' (or 'v3', as the V2 spec's examples write them)."""
     text = text[1:] if text[:1] in ("v", "V") else text

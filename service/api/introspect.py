@@ -20,7 +20,7 @@ import numpy as np
 from flask import Blueprint, Response, jsonify, request, send_from_directory
 
 from service import api, inputs
-from service.api import compute, resolve, settings
+from service.api import compute, model_routes, resolve, settings
 from service.errors import InvalidInput, LayerNotFound, LayerscopeError, PayloadTooLarge
 from service.introspection import attribution, pictures, stats
 
@@ -43,19 +43,7 @@ _explainers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _routes(rule: str, **kw):
-    """Register a view under /models/<name>{rule} and /models/<name>/versions/<v>{rule}."""
-
-    def wrap(view):
-        bp.add_url_rule(f"/models/<name>{rule}", view_func=view, defaults={"version": None}, **kw)
-        bp.add_url_rule(
-            f"/models/<name>/versions/<int:version>{rule}",
-            endpoint=f"{view.__name__}_versioned",
-            view_func=view,
-            **kw,
-        )
-        return view
-
-    return wrap
+    return model_routes(bp, rule, **kw)
 
 
 def _inspectable(name: str, version: int | None):

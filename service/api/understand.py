@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from service.api import repository, resolve, settings
+from service.api import model_routes, repository, resolve, settings
 from service.errors import InvalidInput, LayerNotFound, LayerscopeError
 from service.introspection import charts
 from service.introspection import understanding as u
@@ -43,19 +43,7 @@ MAX_TOP = 64
 
 
 def _routes(rule: str, **kw):
-    """Register a view under /models/<name>{rule} and /models/<name>/versions/<v>{rule}."""
-
-    def wrap(view):
-        bp.add_url_rule(f"/models/<name>{rule}", view_func=view, defaults={"version": None}, **kw)
-        bp.add_url_rule(
-            f"/models/<name>/versions/<int:version>{rule}",
-            endpoint=f"{view.__name__}_versioned",
-            view_func=view,
-            **kw,
-        )
-        return view
-
-    return wrap
+    return model_routes(bp, rule, **kw)
 
 
 class Unavailable(LayerscopeError):
