@@ -584,13 +584,27 @@ def decode_columns(columns: dict, runtime, max_pixels: int, where: str) -> dict:
         if not isinstance(values, list):
             raise InvalidInput(f"{label} is {_type_name(values)}; expected an array of instances")
         out[spec["name"]] = decode_input(values, spec, label, max_pixels)
-    sizes = {len(v) for v in out.values()}
-    if len(sizes) > 1:
-        raise InvalidInput(
-            f"{where}: the inputs have different batch sizes "
-            f"{ {k: len(v) for k, v in out.items()} }; expected one row per instance in each"
-        )
+    check_batch_sizes(out, where)
     return out
+
+
+def check_batch_sizes(batch: dict, where: str) -> None:
+    """Every input of a multi-input batch has the same number of rows."""
+    sizes = {k: len(v) for k, v in batch.items()}
+    if len(set(sizes.values())) > 1:
+        raise InvalidInput(
+            f"{where}: the inputs have different batch sizes {sizes}; expected one row per "
+            "instance in each"
+        )
+
+
+def pack_batch(batch: dict, where: str = "inputs"):
+    """``{input name: array}`` decoded per input -> what the runtime takes: the one array
+    of a single-input model, else the dict (rows checked equal)."""
+    if len(batch) == 1:
+        return next(iter(batch.values()))
+    check_batch_sizes(batch, where)
+    return batch
 
 
 def batch_rows(x) -> int:

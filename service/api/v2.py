@@ -137,14 +137,7 @@ def infer(name: str, version: str | None = None):
         spec["name"]: _input_batch(tensor, binary, runtime, cfg, spec, where)
         for spec, tensor, where in tensors
     }
-    x = batch if len(batch) > 1 else next(iter(batch.values()))
-    if len(batch) > 1:
-        sizes = {k: len(v) for k, v in batch.items()}
-        if len(set(sizes.values())) > 1:
-            raise InvalidInput(
-                f"the input tensors have different batch sizes {sizes}; expected the same "
-                "first dimension in every input"
-            )
+    x = inputs.pack_batch(batch)
     extra = [n for n in names if n not in model_outputs]
     result = compute(runtime, x, extra, endpoint="v2_infer")
     values = {**result.outputs, **result.layers}

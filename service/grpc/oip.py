@@ -210,15 +210,7 @@ def _batch(request, runtime):
         i = index[id(entry)]
         value = _tensor_value(request.inputs[i], raw[i] if raw else None, entry, where)
         batch[spec["name"]] = v2._binary_batch(entry, value, runtime, cfg, spec, where)
-    if len(batch) > 1:
-        sizes = {k: len(v) for k, v in batch.items()}
-        if len(set(sizes.values())) > 1:
-            raise InvalidInput(
-                f"the input tensors have different batch sizes {sizes}; expected the same "
-                "first dimension in every input"
-            )
-        return batch
-    return next(iter(batch.values()))
+    return inputs.pack_batch(batch)
 
 
 def model_infer(request, call):

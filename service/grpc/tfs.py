@@ -26,6 +26,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2,
 )
 
+from service import inputs
 from service.api import compute, repository, resolve, settings, tfserving, v2
 from service.errors import InvalidInput, ModelNotFound
 from service.grpc.common import Methods, register, require_introspection
@@ -198,15 +199,7 @@ def _batch(request, runtime):
         where = f"inputs[{spec['name']!r}]"
         entry, value = decode_tensor(request.inputs[spec["name"]], where)
         batch[spec["name"]] = v2._binary_batch(entry, value, runtime, cfg, spec, where)
-    if len(batch) > 1:
-        sizes = {k: len(v) for k, v in batch.items()}
-        if len(set(sizes.values())) > 1:
-            raise InvalidInput(
-                f"inputs: the inputs have different batch sizes {sizes}; expected one row "
-                "per instance in each"
-            )
-        return batch
-    return next(iter(batch.values()))
+    return inputs.pack_batch(batch)
 
 
 def _spec(runtime, spec) -> None:

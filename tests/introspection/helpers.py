@@ -137,3 +137,18 @@ def publish(
             }
         )
     return staged.final_path
+
+
+# Headless Debian Chromium as the explorer tests launch it: no background connections (this
+# machine reaches no network but the package registries).
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]

@@ -18,18 +18,7 @@ from PIL import Image
 from bench.server import LayerscopeServer
 
 from .byom_models import save_zoo
-
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from .helpers import ARGS, CHROMIUM
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,18 @@ import pytest
 import requests
 
 from bench.server import LayerscopeServer
-from tests.introspection.helpers import FEATURES, publish, tabular_config, transactions
+from tests.introspection.helpers import (
+    ARGS,
+    CHROMIUM,
+    FEATURES,
+    publish,
+    tabular_config,
+    transactions,
+)
 from training.builder import build_model
 
 from .test_understanding import repo  # noqa: F401  (the two-version CNN, 300-row references)
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing")
 
 
