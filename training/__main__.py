@@ -17,6 +17,7 @@ from typing import Any
 
 EXIT_CONFIG = 2
 EXIT_DATA = 3
+BACKENDS = ("tensorflow", "jax")
 
 
 def _log(msg: str) -> None:
@@ -118,18 +119,43 @@ def _summary(version_dir: Path, seconds: float) -> None:
          f"{meta['epochs_run']} epochs")
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """``--processes N``: N children of this command over 127.0.0.1 (training.distributed)."""
+    from training import distributed
+    from training.config import ConfigError
+
+    if args.backend != "jax":
+        raise ConfigError("--processes", f"data-parallel training runs on the JAX backend "
+                                         f"(add --backend jax). Received: backend="
+                                         f"{args.backend}")
+    child = distributed.strip_option(args.argv, "--processes")
+    return distributed.launch(child, args.processes, log=_log)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.config import load_config
-    from training.train import train
+    from training.config import ConfigError, load_config
 
     overrides = _overrides(args)
-    load_config(args.model, overrides)  # fail fast (exit 2) before importing TensorFlow
+    cfg = load_config(args.model, overrides)  # fail fast (exit 2) before importing Keras
+    if args.processes is not None and args.processes < 1:
+        raise ConfigError("--processes", f"expected an integer >= 1. Received: "
+                                         f"processes={args.processes}")
+    if (args.processes or 1) > 1:
+        if cfg.training["batch_size"] % args.processes:
+            raise ConfigError("training.batch_size",
+                              f"the global batch must be a multiple of --processes "
+                              f"{args.processes}. Received: batch_size="
+                              f"{cfg.training['batch_size']}")
+        return _launch(args)
     from training.publish import is_store, publishing_to, upload
+    from training.train import train
 
     started = time.perf_counter()
     with publishing_to(args.models_root) as root:  # s3://: staged here, then uploaded
         path = train(args.model, models_root=root, data_dir=_data_dir(args),
                      overrides=overrides, log=None if args.quiet else _log)
+        if path is None:  # a data-parallel worker: the chief publishes
+            return 0
         _summary(path, time.perf_counter() - started)
         if is_store(args.models_root):
             _log(f"== uploaded to {upload(path, args.models_root)}")
@@ -149,12 +175,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                        args.dropout)
     _log(f"[sweep] {len(variants)} variants of {cfg.name}: "
          + ", ".join(v["label"] for v in variants))
-    res = sweep.run_sweep(args.model, variants, out_dir=args.out, models_root=args.models_root,
-                          data_dir=_data_dir(args), overrides=overrides, publish=args.publish,
-                          overfit_gap=args.overfit_gap, log=None if args.quiet else _log)
+    worker = None
+    if args.workers:  # the workers run this same command line, without --workers
+        argv = getattr(args, "argv", None) or sys.argv[1:]
+        worker = [sys.executable, "-m", "training", *sweep.strip_workers(argv)]
+    try:
+        res = sweep.run_sweep(args.model, variants, out_dir=args.out,
+                              models_root=args.models_root, data_dir=_data_dir(args),
+                              overrides=overrides, publish=args.publish,
+                              overfit_gap=args.overfit_gap, log=None if args.quiet else _log,
+                              search=args.search, max_trials=args.max_trials,
+                              seed=args.seed, retries=args.retries, workers=args.workers,
+                              worker_command=worker, tuner_id=args.tuner_id)
+    except sweep.WorkerExit as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.status
+    if res is None:  # a worker of a distributed sweep: the chief writes the table
+        return 0
     _log("")
     _log(res.table_md.read_text())
     _log(f"table: {res.table_md}  {res.table_csv}\nplot:  {res.plot}")
+    if res.failed:
+        print(f"error: {len(res.failed)} of {len(variants)} variants failed: "
+              + "; ".join(f"{f['label']}: {f['reason']}" for f in res.failed), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -230,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override any config field, e.g. training.batch_size=64")
         sp.add_argument("-q", "--quiet", action="store_true", help="no per-epoch progress")
+        sp.add_argument("--backend", choices=BACKENDS, default="tensorflow",
+                        help="Keras backend to train on (default tensorflow; set before "
+                             "Keras is imported; recorded in metadata.json)")
 
     d = sub.add_parser("data", help="locate, load and checksum the data sets")
     d.add_argument("names", nargs="*", help="data sets (default: all)")
@@ -239,6 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train models/<name> and publish a new version")
     t.add_argument("model", help="models/<name> or a model.yaml")
     common(t)
+    t.add_argument("--processes", type=int, metavar="N",
+                   help="data-parallel training as N processes on this host over 127.0.0.1 "
+                        "(--backend jax; on a cluster run the command once per process "
+                        "with KERAS_DISTRIBUTION_* set instead, docs/training.md)")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sweep", help="train depth x width x activation variants and "
@@ -255,6 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output folder (default sweeps/<name>/<time>, or under "
                                       "$LAYERSCOPE_SWEEPS_DIR)")
     s.add_argument("--publish", action="store_true", help="publish every variant as a version")
+    s.add_argument("--search", default="grid", metavar="grid|random|bayesian",
+                   help="KerasTuner oracle picking the variants (default grid: each once)")
+    s.add_argument("--max-trials", type=int, metavar="N",
+                   help="trials of the search (default: every variant)")
+    s.add_argument("--retries", type=int, default=1, metavar="N",
+                   help="retries of a failed trial, and restarts of a dead --workers "
+                        "process, before the variant is reported failed (default 1)")
+    s.add_argument("--workers", type=int, default=0, metavar="N",
+                   help="a chief (the oracle, the table) and N worker processes on this "
+                        "host over 127.0.0.1 (docs/sweeps.md)")
+    s.add_argument("--tuner-id", metavar="chief|tunerK",
+                   help="this process's part in a distributed sweep (default "
+                        "$KERASTUNER_TUNER_ID, else index $LAYERSCOPE_SWEEP_INDEX or "
+                        "$JOB_COMPLETION_INDEX: 0 = chief, k = tuner<k-1>)")
     s.set_defaults(func=cmd_sweep)
 
     e = sub.add_parser("evaluate", help="re-check a published version on its test split")
@@ -296,12 +361,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _select_backend(backend: str | None) -> None:
+    """KERAS_BACKEND before Keras is imported (keras reads it once, at import)."""
+    from training.config import ConfigError
+
+    if backend is None:
+        return
+    keras = sys.modules.get("keras")
+    if keras is not None and keras.backend.backend() != backend:
+        raise ConfigError("--backend", f"Keras is already loaded on "
+                                       f"{keras.backend.backend()!r} in this process. "
+                                       f"Received: backend={backend!r}")
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM (the --processes launcher, Kubernetes) unwinds like an exception, so a
+    half-staged version is removed instead of left behind."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from training.config import ConfigError
 
     try:
+        _select_backend(getattr(args, "backend", None))
+        if args.command == "train":
+            _terminate_on_sigterm()
         return args.func(args)
     except ConfigError as exc:
         print(f"error: invalid config: {exc}", file=sys.stderr)

@@ -11,6 +11,8 @@ and test metrics (plus the gradient-boosting baseline for binary tasks), and pub
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import time
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from training.config import ModelConfig, load_config
+from training.config import ConfigError, ModelConfig, load_config
 
 REFERENCE_ROWS = 1000  # enough for 5-fold linear probes of every layer (service/api/understand.py)
 ENV_MODELS_DIR = "LAYERSCOPE_MODELS_DIR"
@@ -136,6 +138,35 @@ def _progress_callback(log: Callable[[str], None], name: str, epochs: int):
     return Progress()
 
 
+def _fit_inputs(ctx, cfg: ModelConfig, splits: Splits, n_classes: int) -> dict[str, Any]:
+    """``model.fit`` data arguments.
+
+    On TensorFlow alone: the arrays, Keras' shuffle and class weights (as before). On JAX
+    (one process or N): :func:`training.distributed.batches`, the same global batches in
+    the same (seed, epoch) order whatever N, each process feeding its share; class weights
+    become the per-row sample weights Keras would derive from them; validation runs over
+    every process's share with globally reduced metrics (identical logs on every process,
+    so early stopping decides identically).
+    """
+    from training import distributed
+
+    t = cfg.training
+    cw = class_weights(cfg, splits.y_train, n_classes)
+    if ctx.backend != "jax" and not ctx.multi:
+        return {"x": splits.x_train, "y": splits.y_train,
+                "validation_data": (splits.x_val, splits.y_val), "batch_size": t["batch_size"],
+                "class_weight": cw, "shuffle": True}
+    sw = None
+    if cw is not None:
+        sw = np.asarray([cw[int(c)] for c in range(n_classes)], dtype=np.float32)[splits.y_train]
+    share = {"global_batch": t["batch_size"], "process_id": ctx.process_id,
+             "num_processes": ctx.num_processes}
+    return {"x": distributed.batches(splits.x_train, splits.y_train, sw, shuffle=True,
+                                     seed=t["seed"], **share),
+            "validation_data": distributed.batches(splits.x_val, splits.y_val, **share),
+            "shuffle": False}
+
+
 def run_training(config: str | os.PathLike | dict | ModelConfig, *,
                  data_dir: str | os.PathLike | None = None,
                  overrides: dict[str, Any] | None = None,
@@ -145,13 +176,18 @@ def run_training(config: str | os.PathLike | dict | ModelConfig, *,
     """Train and evaluate without publishing (``train`` publishes; sweeps may not)."""
     import keras
 
-    from training import evaluate
+    from training import distributed, evaluate
     from training.builder import build_model, compile_model
 
     cfg = load_config(config, overrides)  # ConfigError before any data is touched
     log = log or (lambda _msg: None)
     t = cfg.training
     seed = t["seed"]
+    ctx = distributed.context()  # joins the job in $KERAS_DISTRIBUTION_* (before any JAX op)
+    if ctx.multi and t["batch_size"] % ctx.num_processes:
+        raise ConfigError("training.batch_size", f"the global batch must be a multiple of "
+                                                 f"the {ctx.num_processes} processes. "
+                                                 f"Received: batch_size={t['batch_size']}")
     keras.utils.set_random_seed(seed)
 
     ds = load_data(cfg, data_dir)
@@ -167,9 +203,11 @@ def run_training(config: str | os.PathLike | dict | ModelConfig, *,
         f"validation={len(splits.y_val)} test={len(splits.y_test)} "
         f"(source {ds.source}{', synthetic' if ds.synthetic else ''})")
 
-    model = build_model(cfg, input_shape=splits.x_train.shape[1:], num_classes=n_classes,
+    def build():
+        m = build_model(cfg, input_shape=splits.x_train.shape[1:], num_classes=n_classes,
                         adapt_data=splits.x_train if cfg["input"] == "tabular" else None)
-    compile_model(model, cfg, steps_per_epoch=-(-len(splits.y_train) // t["batch_size"]))
+        return compile_model(m, cfg, steps_per_epoch=-(-len(splits.y_train) // t["batch_size"]))
+
     cbs: list[Any] = []
     es = t["early_stopping"]
     if es:
@@ -180,14 +218,22 @@ def run_training(config: str | os.PathLike | dict | ModelConfig, *,
     cbs.extend(callbacks)
 
     started = time.perf_counter()
-    hist = model.fit(splits.x_train, splits.y_train,
-                     validation_data=(splits.x_val, splits.y_val),
-                     epochs=t["epochs"], batch_size=t["batch_size"],
-                     class_weight=class_weights(cfg, splits.y_train, n_classes),
-                     callbacks=cbs, verbose=0, shuffle=True)
+    with ctx.scope():  # DataParallel over every process's devices, or nothing
+        model = build()
+        hist = model.fit(**_fit_inputs(ctx, cfg, splits, n_classes),
+                         epochs=t["epochs"], callbacks=cbs, verbose=0)
     training_seconds = time.perf_counter() - started
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
     epochs_run = len(next(iter(history.values()), []))
+    extra = {"training": ctx.describe(t["batch_size"])}
+    if ctx.multi:
+        if not ctx.is_chief:  # the chief alone predicts, evaluates and publishes
+            log(f"[{cfg.name}] process {ctx.process_id} of {ctx.num_processes} done "
+                f"({epochs_run} epochs); the chief (process 0) evaluates and publishes")
+            empty = np.zeros(0)
+            return TrainResult(cfg, None, history, splits, ds, {}, None, empty, empty, None,
+                               training_seconds, epochs_run, extra={**extra, "chief": False})
+        model = distributed.local_copy(model, build, ctx)
 
     # One predict call over all splits: one trace instead of one per ragged last batch.
     cut = np.cumsum([len(splits.y_train), len(splits.y_val)])
@@ -229,7 +275,7 @@ def run_training(config: str | os.PathLike | dict | ModelConfig, *,
         metrics["test"] = evaluate.multiclass_metrics(splits.y_test, p_test, ds.class_names)
         metrics["baseline"] = None
     return TrainResult(cfg, model, history, splits, ds, metrics, threshold, p_val, p_test,
-                       baseline_p, training_seconds, epochs_run)
+                       baseline_p, training_seconds, epochs_run, extra={**extra, "chief": True})
 
 
 # --------------------------------------------------------------------------- publishing
@@ -267,6 +313,12 @@ def write_artifacts(result: TrainResult, folder: Path) -> None:
                             plot_dir / "pr_curve.png", baseline_p=result.baseline_p_test)
 
 
+def _backend() -> str:
+    import keras
+
+    return keras.backend.backend()
+
+
 def build_metadata(result: TrainResult) -> dict:
     """metadata.json per docs/DESIGN.md (files / version / created filled by publish)."""
     from training.publish import layer_table, library_versions
@@ -280,11 +332,16 @@ def build_metadata(result: TrainResult) -> dict:
         input_spec = {"kind": "image", "shape": shape, "dtype": "float32",
                       "value_range": [0, 255]}
     rows = len(ds.y) + (0 if ds.y_test is None else len(ds.y_test))
+    libraries = library_versions()
+    for dist in ("jax", "jaxlib"):  # the JAX backend (and the data-parallel engine)
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            libraries[dist] = importlib.metadata.version(dist)
     return {
         "format_version": 1,
         "name": cfg.name,
         "task": cfg.task,
-        "libraries": library_versions(),
+        "libraries": libraries,
+        "training": result.extra.get("training") or {"backend": _backend(), "processes": 1},
         "config": cfg.get_config(),
         "dataset": {"name": ds.name, "path": ds.source, "sha256": ds.sha256,
                     "synthetic": bool(ds.synthetic), "rows": int(rows)},
@@ -330,14 +387,17 @@ def train(config: str | os.PathLike | dict | ModelConfig, *,
           data_dir: str | os.PathLike | None = None,
           overrides: dict[str, Any] | None = None,
           callbacks: Sequence[Any] = (),
-          log: Callable[[str], None] | None = None) -> Path:
-    """Train, evaluate and publish one model; returns the published version folder.
+          log: Callable[[str], None] | None = None) -> Path | None:
+    """Train, evaluate and publish one model; returns the published version folder
+    (None on a data-parallel worker other than the chief, which alone publishes).
 
     ``callbacks`` are extra Keras callbacks run during ``fit`` (progress hooks, tests that
     interrupt a run).
     """
     cfg = load_config(config, overrides)
     result = run_training(cfg, data_dir=data_dir, callbacks=callbacks, log=log)
+    if not result.extra.get("chief", True):
+        return None
     return publish(result, default_model_root(config, cfg.name, models_root))
 
 
