@@ -8,6 +8,7 @@ run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -151,7 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.train import train
 
     started = time.perf_counter()
-    with publishing_to(args.models_root) as root:  # s3://: staged here, then uploaded
+    with _terminate_on_sigterm(), publishing_to(args.models_root) as root:
         path = train(args.model, models_root=root, data_dir=_data_dir(args),
                      overrides=overrides, log=None if args.quiet else _log)
         if path is None:  # a data-parallel worker: the chief publishes
@@ -375,14 +376,21 @@ def _select_backend(backend: str | None) -> None:
     os.environ["KERAS_BACKEND"] = backend
 
 
-def _terminate_on_sigterm() -> None:
-    """SIGTERM (the --processes launcher, Kubernetes) unwinds like an exception, so a
-    half-staged version is removed instead of left behind."""
+@contextlib.contextmanager
+def _terminate_on_sigterm():
+    """SIGTERM (the --processes launcher, Kubernetes) unwinds like an exception while
+    training, so a half-staged version is removed instead of left behind."""
     import signal
     import threading
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -393,8 +401,6 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _select_backend(getattr(args, "backend", None))
-        if args.command == "train":
-            _terminate_on_sigterm()
         return args.func(args)
     except ConfigError as exc:
         print(f"error: invalid config: {exc}", file=sys.stderr)

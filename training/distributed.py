@@ -313,6 +313,7 @@ def launch(child_argv: Sequence[str], num_processes: int, *,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                  bufsize=1)
             procs.append(p)
+            log(f"[launch] process {i}: pid {p.pid}")
             t = threading.Thread(target=_pump, args=(p.stdout, f"[p{i}] ", lock, out),
                                  daemon=True)
             t.start()
