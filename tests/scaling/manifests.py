@@ -3,10 +3,11 @@
 are validated strictly (unknown fields rejected) by kubernetes-validate against several
 Kubernetes minor versions, custom resources against their CRDs' vendored openAPIV3Schema
 (schemas/, made strict the same way) with jsonschema, and Layerscope's own rules on top:
-every serving container has startup, readiness and liveness probes on a port it declares,
-resources, a non-root read-only root file system with a writable /tmp; Services, the
-PodDisruptionBudget and the PodMonitor select the pods and name their ports; the HPA scales
-on a metric the server exports (service/metrics.py), with CPU beside it."""
+every serving container has startup, readiness and liveness probes on a port it declares
+(batch Jobs' containers: the other rules), resources, a non-root read-only root file
+system with a writable /tmp; Services, the PodDisruptionBudget and the PodMonitor select
+the pods and name their ports; the HPA scales on a metric the server exports
+(service/metrics.py), with CPU beside it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ CUSTOM = {
         "kserve-v0.20.0-clusterservingruntime.json",
     ("serving.kserve.io/v1beta1", "InferenceService"): "kserve-v0.20.0-inferenceservice.json",
 }
+
+
+BATCH_KINDS = ("Job", "CronJob")
 
 
 def kubectl() -> str:
@@ -118,6 +122,11 @@ def _pod_specs(doc: dict) -> list[tuple[dict, dict]]:
         return [(template.get("spec") or {}, (template.get("metadata") or {}).get("labels") or {})]
     if kind in ("ServingRuntime", "ClusterServingRuntime"):
         return [(doc.get("spec") or {}, {})]
+    if kind in BATCH_KINDS:
+        spec = doc.get("spec") or {}
+        template = (spec.get("jobTemplate", {}).get("spec", spec) if kind == "CronJob"
+                    else spec).get("template") or {}
+        return [(template.get("spec") or {}, (template.get("metadata") or {}).get("labels") or {})]
     return []
 
 
@@ -127,13 +136,16 @@ def _ports(container: dict) -> tuple[set, set]:
 
 
 def container_problems(doc: dict) -> list[str]:
+    """The rules of every container; a batch workload (Job, CronJob: it runs to completion,
+    nothing to probe) is spared the probe rules only."""
     problems = []
+    batch = doc.get("kind") in BATCH_KINDS
     for spec, _ in _pod_specs(doc):
         pod_sc = spec.get("securityContext") or {}
         for c in spec.get("containers") or []:
             where = f"{_where(doc)} container {c.get('name')}"
             names, numbers = _ports(c)
-            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            for probe in () if batch else ("startupProbe", "readinessProbe", "livenessProbe"):
                 p = c.get(probe)
                 if not p:
                     problems.append(f"{where}: no {probe}")
