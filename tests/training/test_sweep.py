@@ -1,4 +1,5 @@
-"""Sweeps: grid generation, the comparison table and plot, nothing published unless asked."""
+"""Sweeps: grid generation, the comparison table and plot, nothing published unless asked
+(in one process; the KerasTuner chief and workers: test_sweep_distributed.py)."""
 
 from __future__ import annotations
 
@@ -61,8 +62,14 @@ def test_sweep_on_digits_writes_table_csv_and_plot_and_publishes_nothing(tmp_pat
         assert 0.0 <= r["val_accuracy"] <= 1.0
         assert r["gap"] == pytest.approx(r["train_accuracy"] - r["val_accuracy"], abs=1e-3)
         assert r["overfit"] == (r["gap"] > 0.0) and r["version"] is None
+    assert list(small) == ["label", "depth", "width", "activation", "params", "epochs",
+                           "train_accuracy", "val_accuracy", "val_loss", "gap", "overfit",
+                           "seconds", "synthetic", "version"]
+    assert res.failed == [] and res.trials == 2  # KerasTuner's grid: each variant once
     with open(res.table_csv) as f:
-        table = list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        table = list(reader)
+    assert reader.fieldnames == list(small)
     assert [t["label"] for t in table] == ["d1-w4-relu", "d1-w24-relu"]
     md = res.table_md.read_text()
     assert "| label |" in md and "d1-w24-relu" in md and "Best on validation" in md
