@@ -23,6 +23,7 @@ from service.errors import InvalidInput, ModelNotFound
 from service.grpc.common import (
     Call,
     Methods,
+    RawAnswer,
     introspection_allowed,
     register,
     require_introspection,
@@ -224,13 +225,14 @@ def model_infer(request, call):
     response = service_pb2.ModelInferResponse(
         model_name=runtime.name, model_version=str(runtime.version), id=request.id
     )
+    raw = []
     for n in names:
         arr = np.ascontiguousarray(values[n], dtype="<f4")
         out = response.outputs.add()
         out.name, out.datatype = n, "FP32"
         out.shape.extend(arr.shape)
-        response.raw_output_contents.append(arr.tobytes())
-    return response
+        raw.append(arr.tobytes())
+    return RawAnswer(response, "raw_output_contents", raw)
 
 
 def _model_name(request) -> str:
