@@ -424,7 +424,12 @@ def run_sweep(config: str | os.PathLike | dict | ModelConfig, variants: list[dic
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     oracle = new_oracle()
-    oracle._set_project_dir(str(out / "keras-tuner"), "sweep")
+    state = out / "keras-tuner"
+    if (state / "sweep").is_dir():  # a previous sweep's trials into this folder: not ours
+        import shutil
+
+        shutil.rmtree(state / "sweep")
+    oracle._set_project_dir(str(state), "sweep")
     log(f"[sweep] {search} search over {len(variants)} variants, {trials} trials, "
         f"objective val_{metric}"
         + (f", {workers} workers" if workers else f", {role}" if role else ""))
