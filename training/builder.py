@@ -128,14 +128,85 @@ def make_optimizer(training: dict, steps_per_epoch: int | None = None):
 def compile_model(model: keras.Model, config: ModelConfig,
                   steps_per_epoch: int | None = None) -> keras.Model:
     """Loss and metrics whose logged names match config.monitor_choices()."""
+    smoothing = config.training.get("label_smoothing", 0.0)
     if config.is_binary:
-        loss = "binary_crossentropy"
+        loss = (keras.losses.BinaryCrossentropy(label_smoothing=smoothing) if smoothing
+                else "binary_crossentropy")
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"),
                    keras.metrics.AUC(curve="PR", name="pr_auc"),
                    keras.metrics.AUC(curve="ROC", name="roc_auc")]
+    elif smoothing:  # smoothing needs one-hot targets: fit on fit_labels(...)
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=smoothing)
+        metrics = [keras.metrics.CategoricalAccuracy(name="accuracy")]
     else:
         loss = "sparse_categorical_crossentropy"
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
     model.compile(optimizer=make_optimizer(config.training, steps_per_epoch), loss=loss,
                   metrics=metrics)
     return model
+
+
+# --------------------------------------------------------------------------- fit inputs
+
+
+def fit_labels(config: ModelConfig, y: np.ndarray, num_classes: int) -> np.ndarray:
+    """The targets ``fit`` needs for this config's loss: the class indices, or one-hot rows
+    when a multiclass model is trained with label smoothing (see :func:`compile_model`)."""
+    if config.is_binary or not config.training.get("label_smoothing", 0.0):
+        return y
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(y, dtype=np.int64)]
+
+
+def augment_batch(x: np.ndarray, spec: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    """A randomly changed copy of a batch of raw images (N, H, W, C), per
+    ``training.augment``: a mirror image with probability 1/2 (``flip_horizontal``), a shift
+    of up to ``translate`` pixels each way (zero fill), a zeroed ``cutout`` x ``cutout``
+    square centred anywhere in the image. The input pipeline applies it to training
+    batches only; the model never holds it."""
+    x = np.array(x, dtype=np.float32, copy=True)
+    n, h, w = x.shape[:3]
+    if spec.get("flip_horizontal"):
+        flip = rng.random(n) < 0.5
+        x[flip] = x[flip, :, ::-1]
+    shift = spec.get("translate", 0)
+    if shift:
+        padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
+        dy = rng.integers(0, 2 * shift + 1, n)
+        dx = rng.integers(0, 2 * shift + 1, n)
+        rows = (dy[:, None] + np.arange(h))[:, :, None]
+        cols = (dx[:, None] + np.arange(w))[:, None, :]
+        x = padded[np.arange(n)[:, None, None], rows, cols]
+    side = spec.get("cutout", 0)
+    if side:
+        top = rng.integers(0, h, n) - side // 2
+        left = rng.integers(0, w, n) - side // 2
+        ii, jj = np.arange(h), np.arange(w)
+        in_rows = (ii >= top[:, None]) & (ii < top[:, None] + side)
+        in_cols = (jj >= left[:, None]) & (jj < left[:, None] + side)
+        x[in_rows[:, :, None] & in_cols[:, None, :]] = 0.0
+    return x
+
+
+def augmented(batches: Any, spec: dict[str, Any], seed: int) -> Any:
+    """A ``keras.utils.PyDataset`` of ``batches`` (a PyDataset of (x, y[, w]) batches) with
+    :func:`augment_batch` applied to every x; the random draws depend on (seed, epoch,
+    batch) alone, so a run is repeatable."""
+
+    class Augmented(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__(workers=1, use_multiprocessing=False)
+            self.epoch = 0
+
+        def __len__(self) -> int:
+            return len(batches)
+
+        def __getitem__(self, k: int):
+            x, *rest = batches[k]
+            rng = np.random.default_rng([int(seed), self.epoch, int(k)])
+            return (augment_batch(x, spec, rng), *rest)
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            batches.on_epoch_end()
+
+    return Augmented()

@@ -29,6 +29,9 @@ PADDINGS = ("same", "valid")
 THRESHOLD_OBJECTIVES = ("best_f1", "recall_at_precision", "precision_at_recall")
 ES_MODES = ("min", "max", "auto")
 LR_SCHEDULES = ("constant", "cosine")  # cosine: decay to 0 over the configured epochs
+# training.augment (image inputs): random changes applied to each training batch in the input
+# pipeline (training/builder.py: augment_batch), never layers of the saved model.
+AUGMENT_FIELDS = ("flip_horizontal", "translate", "cutout")
 
 # What each data set is, so that input kind, task and layer shapes are checked before loading.
 DATASET_INFO: dict[str, dict[str, Any]] = {
@@ -347,10 +350,36 @@ def monitor_choices(task: str) -> tuple[str, ...]:
     return tuple(names + [f"val_{n}" for n in names])
 
 
-def _validate_training(raw: Any, task: str, official_test: bool, n_classes: int) -> dict:
+def _validate_augment(raw: Any, input_kind: str, shape: tuple[int, ...]) -> dict | None:
+    """``training.augment``: None (off) or {flip_horizontal, translate, cutout}."""
+    if raw is None or raw is False:
+        return None
+    d = _mapping("training.augment", raw, AUGMENT_FIELDS)
+    if input_kind != "image":
+        raise ConfigError("training.augment", "only image inputs are augmented. "
+                                              f"Received: input={_fmt(input_kind)}")
+    side = min(shape[:2])
+    out = {"flip_horizontal": _bool("training.augment.flip_horizontal",
+                                    d.get("flip_horizontal", False)),
+           "translate": _int("training.augment.translate", d.get("translate", 0), lo=0),
+           "cutout": _int("training.augment.cutout", d.get("cutout", 0), lo=0)}
+    if out["translate"] >= side // 2:
+        raise ConfigError("training.augment.translate", f"expected a shift in pixels below "
+                                                        f"half the {side}-pixel side ("
+                                                        f"< {side // 2}). "
+                                                        f"Received: translate={out['translate']}")
+    if out["cutout"] > side:
+        raise ConfigError("training.augment.cutout", f"expected a square side <= the "
+                                                     f"{side}-pixel image side. "
+                                                     f"Received: cutout={out['cutout']}")
+    return out
+
+
+def _validate_training(raw: Any, task: str, official_test: bool, n_classes: int,
+                       input_kind: str = "tabular", shape: tuple[int, ...] = ()) -> dict:
     fields = ("optimizer", "learning_rate", "lr_schedule", "weight_decay", "epochs",
               "batch_size", "early_stopping", "class_weight", "seed", "validation_fraction",
-              "test_fraction")
+              "test_fraction", "label_smoothing", "augment")
     d = _mapping("training", raw or {}, fields)
     out: dict[str, Any] = {
         "optimizer": _choice("training.optimizer", d.get("optimizer", "adam"), OPTIMIZERS),
@@ -367,6 +396,10 @@ def _validate_training(raw: Any, task: str, official_test: bool, n_classes: int)
                                       lo=0.0, hi=0.5, lo_open=True),
         "test_fraction": _float("training.test_fraction", d.get("test_fraction", 0.15),
                                 lo=0.0, hi=0.5, lo_open=True),
+        # the loss' targets: 1 - s for the true class, s spread evenly over all classes
+        "label_smoothing": _float("training.label_smoothing", d.get("label_smoothing", 0.0),
+                                  lo=0.0, hi=1.0, hi_open=True),
+        "augment": _validate_augment(d.get("augment"), input_kind, shape),
     }
     if out["weight_decay"] and out["optimizer"] not in ("adamw", "sgd"):
         raise ConfigError("training.weight_decay", "applies to adamw or sgd. Received: "
@@ -481,7 +514,7 @@ def validate_config(raw: Any) -> dict:
         "hidden": _validate_hidden(top["hidden"], kind, info["shape"]),
         "output": _validate_output(top.get("output"), task),
         "training": _validate_training(top.get("training"), task, official_test,
-                                       info["classes"]),
+                                       info["classes"], kind, tuple(info["shape"])),
         "threshold": _validate_threshold(top.get("threshold"), task),
     }
 

@@ -149,21 +149,25 @@ def _fit_inputs(ctx, cfg: ModelConfig, splits: Splits, n_classes: int) -> dict[s
     so early stopping decides identically).
     """
     from training import distributed
+    from training.builder import augmented, fit_labels
 
     t = cfg.training
     cw = class_weights(cfg, splits.y_train, n_classes)
-    if ctx.backend != "jax" and not ctx.multi:
-        return {"x": splits.x_train, "y": splits.y_train,
-                "validation_data": (splits.x_val, splits.y_val), "batch_size": t["batch_size"],
+    # one-hot targets under label smoothing; training.augment changes training batches only
+    y_train, y_val = (fit_labels(cfg, y, n_classes) for y in (splits.y_train, splits.y_val))
+    if ctx.backend != "jax" and not ctx.multi and not t["augment"]:
+        return {"x": splits.x_train, "y": y_train,
+                "validation_data": (splits.x_val, y_val), "batch_size": t["batch_size"],
                 "class_weight": cw, "shuffle": True}
     sw = None
     if cw is not None:
         sw = np.asarray([cw[int(c)] for c in range(n_classes)], dtype=np.float32)[splits.y_train]
     share = {"global_batch": t["batch_size"], "process_id": ctx.process_id,
              "num_processes": ctx.num_processes}
-    return {"x": distributed.batches(splits.x_train, splits.y_train, sw, shuffle=True,
-                                     seed=t["seed"], **share),
-            "validation_data": distributed.batches(splits.x_val, splits.y_val, **share),
+    train = distributed.batches(splits.x_train, y_train, sw, shuffle=True, seed=t["seed"],
+                                **share)
+    return {"x": augmented(train, t["augment"], t["seed"]) if t["augment"] else train,
+            "validation_data": distributed.batches(splits.x_val, y_val, **share),
             "shuffle": False}
 
 

@@ -118,3 +118,67 @@ def test_cosine_schedule_decays_to_zero_over_the_configured_epochs():
         make_optimizer(training)
     constant = make_optimizer(load_config(TABULAR).training)
     assert float(constant.learning_rate) == pytest.approx(0.001)
+
+
+def test_label_smoothing_compiles_a_one_hot_loss_and_fit_labels_encodes_the_targets():
+    from training.builder import fit_labels
+
+    cfg = load_config({**IMAGE, "training": {"label_smoothing": 0.1}})
+    model = compile_model(build_model(cfg, input_shape=(28, 28, 1), num_classes=3), cfg)
+    assert isinstance(model.loss, keras.losses.CategoricalCrossentropy)
+    assert model.loss.label_smoothing == pytest.approx(0.1)
+    y = np.array([2, 0, 1])
+    np.testing.assert_array_equal(fit_labels(cfg, y, 3), np.eye(3, dtype=np.float32)[y])
+    x = np.random.default_rng(0).uniform(0, 255, (3, 28, 28, 1)).astype("float32")
+    logs = model.fit(x, fit_labels(cfg, y, 3), epochs=1, verbose=0).history
+    assert set(logs) >= {"loss", "accuracy"}
+    plain = load_config(IMAGE)
+    assert fit_labels(plain, y, 3) is y
+    binary = load_config({**TABULAR, "training": {"label_smoothing": 0.2}})
+    y2 = y % 2
+    assert fit_labels(binary, y2, 2) is y2  # binary smoothing needs no one-hot targets
+    bmodel = compile_model(build_model(binary, input_shape=(30,), num_classes=2), binary)
+    assert bmodel.loss.label_smoothing == pytest.approx(0.2)
+
+
+def test_augment_batch_flips_shifts_and_cuts_out_a_copy():
+    from training.builder import augment_batch, augmented
+
+    x = np.arange(2 * 6 * 6, dtype=np.float32).reshape(2, 6, 6, 1) + 1.0
+    same = augment_batch(x, {"flip_horizontal": False, "translate": 0, "cutout": 0},
+                         np.random.default_rng(0))
+    np.testing.assert_array_equal(same, x)
+    assert same is not x
+    flipped = augment_batch(x, {"flip_horizontal": True}, np.random.default_rng(1))
+    for a, b in zip(flipped, x, strict=True):
+        assert np.array_equal(a, b) or np.array_equal(a, b[:, ::-1])
+    shifted = augment_batch(x, {"translate": 1}, np.random.default_rng(2))
+    for a, b in zip(shifted, x, strict=True):  # some shift of b by at most 1 pixel, zero fill
+        pad = np.pad(b, ((1, 1), (1, 1), (0, 0)))
+        assert any(np.array_equal(a, pad[i:i + 6, j:j + 6]) for i in range(3) for j in range(3))
+    cut = augment_batch(x, {"cutout": 2}, np.random.default_rng(3))
+    zeros = (cut == 0).sum(axis=(1, 2, 3))
+    assert ((zeros >= 1) & (zeros <= 4)).all() and np.array_equal(cut[cut != 0], x[cut != 0])
+    assert x.min() == 1.0  # the input is never changed
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.ends = 0
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, k):
+            return x, np.array([0, 1])
+
+        def on_epoch_end(self):
+            self.ends += 1
+
+    inner = Batches()
+    data = augmented(inner, {"translate": 1}, seed=0)
+    first, y = data[0]
+    np.testing.assert_array_equal(first, data[0][0])  # (seed, epoch, batch) decide the draws
+    data.on_epoch_end()
+    assert inner.ends == 1 and len(data) == 1 and y.tolist() == [0, 1]
+    assert not np.array_equal(first, data[0][0])

@@ -60,6 +60,18 @@ def test_round_trip_is_stable():
     assert cfg["training"]["early_stopping"]["mode"] == "max"  # auto from val_accuracy
 
 
+def test_label_smoothing_and_augment_defaults_and_round_trip():
+    cfg = validate_config(_image([{"kind": "flatten"}]))
+    assert cfg["training"]["label_smoothing"] == 0.0 and cfg["training"]["augment"] is None
+    cfg = ModelConfig.from_config(_image([{"kind": "flatten"}], training={
+        "label_smoothing": 0.1, "augment": {"translate": 2}}))
+    assert cfg.training["label_smoothing"] == pytest.approx(0.1)
+    assert cfg.training["augment"] == {"flip_horizontal": False, "translate": 2, "cutout": 0}
+    assert ModelConfig.from_config(cfg.get_config()) == cfg
+    assert validate_config(_image([{"kind": "flatten"}], training={"augment": False}))[
+        "training"]["augment"] is None
+
+
 def test_overrides_set_dotted_paths_without_touching_the_source():
     raw = copy.deepcopy(FRAUD)
     out = apply_overrides(raw, {"training.epochs": 2, "dataset.limit": 300})
@@ -190,6 +202,22 @@ INVALID = [
      "training.test_fraction", "must leave at least 20% for training"),
     (_fraud(training__weight_decay=0.01), "training.weight_decay",
      "applies to adamw or sgd. Received: optimizer='adam'"),
+    (_fraud(training__label_smoothing=1.0), "training.label_smoothing",
+     "expected a number >= 0.0 and < 1.0. Received: label_smoothing=1.0"),
+    (_fraud(training__augment={"translate": 2}), "training.augment",
+     "only image inputs are augmented. Received: input='tabular'"),
+    (_image([{"kind": "flatten"}], training={"augment": {"rotate": 10}}),
+     "training.augment.rotate", "unknown field 'rotate'; allowed fields: flip_horizontal, "
+     "translate, cutout"),
+    (_image([{"kind": "flatten"}], training={"augment": {"flip_horizontal": "yes"}}),
+     "training.augment.flip_horizontal", "expected true or false. Received: "
+     "flip_horizontal='yes'"),
+    (_image([{"kind": "flatten"}], training={"augment": {"translate": 4}}),
+     "training.augment.translate", "below half the 8-pixel side (< 4). Received: translate=4"),
+    (_image([{"kind": "flatten"}], training={"augment": {"cutout": -1}}),
+     "training.augment.cutout", "expected an integer >= 0. Received: cutout=-1"),
+    (_image([{"kind": "flatten"}], training={"augment": {"cutout": 9}}),
+     "training.augment.cutout", "<= the 8-pixel image side. Received: cutout=9"),
     (_fraud(threshold={"objective": "max_recall"}), "threshold.objective",
      "expected one of best_f1, recall_at_precision, precision_at_recall. "
      "Received: objective='max_recall'"),
