@@ -214,7 +214,7 @@ def make_oracle(search: str, labels: Sequence[str], metric: str, max_trials: int
     elif search == "random":
         oracle = kt.oracles.RandomSearchOracle(**common)
     else:
-        oracle = kt.oracles.BayesianOptimizationOracle(**common)
+        oracle = _bayesian_class(kt)(**common)
     # random draws repeat: allow enough of them to reach every variant of a small grid
     oracle._max_collisions = max(oracle._max_collisions, 50 * len(labels))
     oracle.verbose = 0  # our own log lines, not KerasTuner's tables
@@ -231,6 +231,22 @@ def make_oracle(search: str, labels: Sequence[str], metric: str, max_trials: int
 
     oracle.create_trial = create_and_record
     return oracle
+
+
+def _bayesian_class(kt):
+    class BayesianOncePerVariant(kt.oracles.BayesianOptimizationOracle):
+        """KerasTuner's Bayesian oracle may propose a value it has tried (the optimum of
+        its acquisition function); a variant is trained once, so it then draws an untried
+        one at random (or stops when none is left)."""
+
+        def populate_space(self, trial_id):
+            response = super().populate_space(trial_id)
+            values = response.get("values")
+            if values and self._compute_values_hash(values) in self._tried_so_far:
+                return self._random_populate_space()
+            return response
+
+    return BayesianOncePerVariant
 
 
 def _sweep_tuner_class():

@@ -266,3 +266,27 @@ def test_two_workers_publish_into_an_s3_store_one_upload_at_a_time(tmp_path):
         assert not list((tmp_path / "s3" / BUCKET).glob("repo/digits/.*"))
     finally:
         server.stop()
+
+
+def test_the_bayesian_oracle_never_hands_out_a_variant_twice():
+    """KerasTuner's GP may propose the optimum it has already tried; ours draws another."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    from training.sweep import HP_NAME, make_oracle
+
+    labels = [f"v{i}" for i in range(6)]
+    oracle = make_oracle("bayesian", labels, "accuracy", 6, seed=1)
+    oracle._set_project_dir(None, None)
+    oracle.save = lambda: None
+    oracle._save_trial = lambda trial: None
+    seen = []
+    for _ in range(8):
+        trial = oracle.create_trial("tuner0")
+        if trial.status == trial_module.TrialStatus.STOPPED:
+            break
+        label = trial.hyperparameters.get(HP_NAME)
+        seen.append(label)
+        oracle.update_trial(trial.trial_id, {"val_accuracy": 0.9 if label == "v2" else 0.1})
+        trial.status = trial_module.TrialStatus.COMPLETED
+        oracle.end_trial(trial)
+    assert sorted(seen) == labels  # all six, each once, then STOPPED
