@@ -741,6 +741,9 @@ def _serve_local(oracle, workers: int, command: list[str], out: Path, retries: i
                     break
                 if all(p.poll() == 0 for p in procs.values()):
                     break
+    except BaseException:  # a worker's exit 2 / 3, Ctrl-C: the others stop too
+        status = status or "stopped"
+        raise
     finally:
         for proc in procs.values():
             if proc.poll() is None and status is not None:
