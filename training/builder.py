@@ -173,9 +173,10 @@ def augment_batch(x: np.ndarray, spec: dict[str, Any], rng: np.random.Generator)
         padded = np.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)))
         dy = rng.integers(0, 2 * shift + 1, n)
         dx = rng.integers(0, 2 * shift + 1, n)
-        rows = (dy[:, None] + np.arange(h))[:, :, None]
-        cols = (dx[:, None] + np.arange(w))[:, None, :]
-        x = padded[np.arange(n)[:, None, None], rows, cols]
+        for code in np.unique(dy * (2 * shift + 1) + dx):  # one slice per distinct shift
+            i, j = divmod(int(code), 2 * shift + 1)
+            rows = (dy == i) & (dx == j)
+            x[rows] = padded[rows, i:i + h, j:j + w]
     side = spec.get("cutout", 0)
     if side:
         top = rng.integers(0, h, n) - side // 2
