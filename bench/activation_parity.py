@@ -8,8 +8,9 @@ with the LiteRT accelerator, one TensorFlow thread as each of two workers on 2 c
 
 * per layer, on the version's reference rows: the largest |value|, how far LiteRT's
   multi-output conversion lands from TensorFlow on the same batch, how far TensorFlow lands
-  from itself when the same rows come one by one instead of as one batch, and the gates
-  that follow (``absolute``: 1e-5; ``layer-scaled``: 1e-5 x max(1, largest |value|));
+  from itself when the same rows come one by one instead of as one batch, how far an
+  XLA-compiled function of the same model lands, and the gates that follow
+  (``absolute``: 1e-5; ``layer-scaled``: 1e-5 x max(1, largest |value|));
 * per call at one row, interleaved: a prediction and every layer, on each engine.
 
 The default gate (issue 4: activations equal Keras' own within 1e-5) can only be met by
@@ -43,6 +44,20 @@ def _runtime(version: Path):
     return runtime
 
 
+def _xla(tf_engine, x: np.ndarray) -> dict[str, np.ndarray]:
+    """Every layer through an XLA-compiled (``jit_compile``) function of the same model."""
+    import tensorflow as tf
+
+    multi = tf_engine.multi
+
+    @tf.function(jit_compile=True)
+    def run(batch):
+        out = multi(batch, training=False)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return {n: np.asarray(v) for n, v in zip(tf_engine.entry_names, run(x), strict=True)}
+
+
 def _per_call_ms(fns: dict, calls: int) -> dict[str, float]:
     """Median milliseconds per call of each function, called in turn (same load on all)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
@@ -63,6 +78,7 @@ def report(name: str, version: Path, calls: int, rows: int) -> list[str]:
     x = parity_sample(runtime)[:rows]
     whole = tf_engine.run([x], names)
     one_by_one = [tf_engine.run([x[i : i + 1]], names) for i in range(min(16, len(x)))]
+    xla = _xla(tf_engine, x)
     inspector = lite.inspector  # None where even the layer-scaled gate failed
     lite_out = inspector.run([x], names) if inspector is not None else None
     out = [
@@ -70,8 +86,8 @@ def report(name: str, version: Path, calls: int, rows: int) -> list[str]:
         f"layer-scaled -> {lite.activations_backend}",
         "",
         "| layer | max \\|value\\| | LiteRT vs TF (same batch) | TF one row vs TF batch | "
-        "absolute gate | layer-scaled gate |",
-        "|---|---:|---:|---:|---|---|",
+        "XLA vs TF | absolute gate | layer-scaled gate |",
+        "|---|---:|---:|---:|---:|---|---|",
     ]
     for n in names:
         want = np.asarray(whole[n], dtype=np.float32)
@@ -83,6 +99,7 @@ def report(name: str, version: Path, calls: int, rows: int) -> list[str]:
         out.append(
             f"| {n} | {float(np.abs(want).max()):.3g} | "
             f"{'—' if lite_diff is None else f'{lite_diff:.2e}'} | {own:.2e} | "
+            f"{float(np.abs(xla[n] - want).max()):.2e} | "
             f"{'pass' if ok_abs else '**fail**'} | {'pass' if ok_scaled else '**fail**'} |"
         )
     one = x[:1]
