@@ -164,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from training import sweep
+    from training import distributed, sweep
     from training.config import load_config
 
     overrides = _overrides(args)
@@ -179,7 +179,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     worker = None
     if args.workers:  # the workers run this same command line, without --workers
         argv = getattr(args, "argv", None) or sys.argv[1:]
-        worker = [sys.executable, "-m", "training", *sweep.strip_workers(argv)]
+        worker = [sys.executable, "-m", "training", *distributed.strip_option(argv, "--workers")]
     try:
         res = sweep.run_sweep(args.model, variants, out_dir=args.out,
                               models_root=args.models_root, data_dir=_data_dir(args),

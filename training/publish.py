@@ -66,7 +66,7 @@ def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for dist in ("tensorflow", "keras", "numpy", "scikit-learn"):
+    for dist in ("tensorflow", "keras", "numpy", "scikit-learn", "jax", "jaxlib"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[dist] = md.version(dist)
     return out

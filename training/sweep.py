@@ -809,16 +809,3 @@ def _markdown(rows: list[dict], base: ModelConfig, metric: str, gap: float,
         lines += ["", f"**FAILED** ({len(failed)}; empty rows above, every attempt failed):"]
         lines += [f"- `{f['label']}`: {f['reason']}" for f in failed]
     return "\n".join(lines) + "\n"
-
-
-def strip_workers(argv: Sequence[str]) -> list[str]:
-    """A sweep command line without ``--workers N`` (what its workers run)."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--workers":
-            skip = True
-        elif not arg.startswith("--workers="):
-            out.append(arg)
-    return out

@@ -11,8 +11,6 @@ and test metrics (plus the gradient-boosting baseline for binary tasks), and pub
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import json
 import os
 import time
@@ -336,15 +334,11 @@ def build_metadata(result: TrainResult) -> dict:
         input_spec = {"kind": "image", "shape": shape, "dtype": "float32",
                       "value_range": [0, 255]}
     rows = len(ds.y) + (0 if ds.y_test is None else len(ds.y_test))
-    libraries = library_versions()
-    for dist in ("jax", "jaxlib"):  # the JAX backend (and the data-parallel engine)
-        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
-            libraries[dist] = importlib.metadata.version(dist)
     return {
         "format_version": 1,
         "name": cfg.name,
         "task": cfg.task,
-        "libraries": libraries,
+        "libraries": library_versions(),
         "training": result.extra.get("training") or {"backend": _backend(), "processes": 1},
         "config": cfg.get_config(),
         "dataset": {"name": ds.name, "path": ds.source, "sha256": ds.sha256,

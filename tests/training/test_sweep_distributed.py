@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from training.config import ConfigError
-from training.sweep import check_search, strip_workers, tuner_role
+from training.distributed import strip_option
+from training.sweep import check_search, tuner_role
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "tests/configs/digits.yaml"
@@ -74,7 +75,7 @@ def test_bad_roles_and_searches_are_rejected_quoting_what_was_received():
     with pytest.raises(ConfigError, match=r"\[1, 4\].*max_trials=5"):
         check_search("random", 5, 4)
     assert check_search("grid", None, 4) == 4 and check_search("bayesian", 2, 4) == 2
-    assert strip_workers(["sweep", "m", "--workers", "2", "--workers=3", "-q"]) == [
+    assert strip_option(["sweep", "m", "--workers", "2", "--workers=3", "-q"], "--workers") == [
         "sweep", "m", "-q"]
 
 
