@@ -58,6 +58,14 @@ def image_config() -> dict:
     return cfg
 
 
+def last_conv() -> str:
+    """The name the training config gives the last conv2d layer of :func:`image_config`
+    (grad-CAM's default layer)."""
+    from training.config import load_config
+
+    return [s["name"] for s in load_config(image_config())["hidden"] if s["kind"] == "conv2d"][-1]
+
+
 def tabular_config() -> dict:
     """fraud's model.yaml (when committed) shrunk; else the same kinds of layers by hand."""
     cfg = _yaml("fraud") or {

@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.introspection import pictures
 
-from .helpers import FEATURES, patch_images, transactions
+from .helpers import FEATURES, last_conv, patch_images, transactions
 
 
 def _app(repo, **extra):
@@ -186,7 +186,7 @@ def test_explain_gradcam(client, images):
     x, y, quad = images
     pick = np.flatnonzero(y == 1)
     body = _ok(client.post("/models/patch/explain", json={"instances": x[pick].tolist()}))
-    assert body["method"] == "gradcam" and body["layer"] == "conv2d_2"
+    assert body["method"] == "gradcam" and body["layer"] == last_conv()
     for inst, q in zip(body["instances"], quad[pick], strict=True):
         assert inst["label"] == "patch"
         heat = np.asarray(inst["heatmap_input"])

@@ -11,7 +11,7 @@ from PIL import Image
 
 from service.introspection import attribution, pictures, stats
 
-from .helpers import FEATURES, patch_images, transactions
+from .helpers import FEATURES, last_conv, patch_images, transactions
 
 
 @pytest.mark.parametrize("name", ["patch", "txn"])
@@ -111,14 +111,14 @@ def test_gradcam_heat_lands_in_the_patch_quadrant(runtimes):
     x, y, quad = patch_images(16, seed=5)
     x, quad = x[y == 1], quad[y == 1]
     cam = explainers.gradcam()  # default: last conv layer
-    assert cam.layer == "conv2d_2"
+    assert cam.layer == last_conv()
     out = cam(x, np.full(len(x), 1, np.int32))
     assert out["cam_input"].shape == (len(x), 28, 28)
     assert out["cam"].max() <= 1.0 + 1e-6 and out["cam"].min() >= 0.0
     hits = [int(np.argmax(_quadrant_mass(c))) for c in out["cam_input"]]
     assert hits == list(quad)
     # predicted class (-1) is the patch class on these images, and the function is cached
-    pred = explainers.gradcam("conv2d_2")(x, np.full(len(x), -1, np.int32))
+    pred = explainers.gradcam(last_conv())(x, np.full(len(x), -1, np.int32))
     assert explainers.gradcam() is cam
     assert (pred["class"] == 1).all()
 
@@ -135,7 +135,9 @@ def test_integrated_gradients_completeness(runtimes, baseline):
     ref = np.load(rt.path / "reference.npz")["x"]
     base = ref.mean(axis=0) if baseline == "mean" else np.zeros(30, np.float32)
     cls = np.where(np.arange(32) % 2, 1, -1).astype(np.int32)  # fraud, or the predicted class
-    out = attribution.Explainers(rt.model).integrated_gradients()(x, base, cls, steps=64)
+    # 256 steps: the Riemann sum crosses ReLU kinks; at 64 steps a row of some initialisations
+    # missed completeness by 5-6 %
+    out = attribution.Explainers(rt.model).integrated_gradients()(x, base, cls, steps=256)
     assert out["attributions"].shape == (32, 30)
     probs = rt.predict(x)
     assert (out["class"][1::2] == 1).all()
