@@ -4,6 +4,7 @@ and reflection. Values are compared with Keras' own, run in the test process."""
 
 from __future__ import annotations
 
+import grpc
 import keras
 import numpy as np
 import pytest
@@ -19,8 +20,6 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-
-import grpc
 
 MODELS = ["fraud", "fashion", "pair", "tokens"]
 OIP = "inference.GRPCInferenceService"
